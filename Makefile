@@ -1,0 +1,40 @@
+# The project's interface. Every target builds the virtual environment it needs from
+# pyproject.toml first (again whenever pyproject.toml changes), so a fresh clone needs
+# nothing installed by hand.
+#
+#   make train [EXPERIMENT=file] [RUN=dir] [SET="section.field=value ..."]
+#   make caption IMG=path [RUN=dir]
+#   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json]
+#   make test
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+EXPERIMENT ?= experiments/shapes_conv_lstm.toml
+SPLIT ?= test
+
+.PHONY: train caption evaluate test venv clean-cache
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(INSTALLED)
+
+train: $(INSTALLED)
+	$(PY) -m captioning train --experiment $(EXPERIMENT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET))
+
+caption: $(INSTALLED)
+	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir]" >&2; exit 2; }
+	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN))
+
+evaluate: $(INSTALLED)
+	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT))
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+
+clean-cache:
+	rm -rf data/cache

@@ -1,0 +1,58 @@
+"""A trained run as a captioner: image paths or arrays in, caption strings out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from captioning.config import ExperimentConfig
+from captioning.encoders import normalization_for
+from captioning.model import CaptionModel, build_model
+from captioning.pipeline import ImageReader, image_dataset
+from captioning.runs import VOCABULARY_FILE, WEIGHTS_FILE, RunError, load_run_config
+from captioning.search import build_sampler, generate_token_ids
+from captioning.vocabulary import Vocabulary
+
+
+class Captioner:
+    def __init__(self, config: ExperimentConfig, model: CaptionModel, vocabulary: Vocabulary):
+        self.config = config
+        self.model = model
+        self.vocabulary = vocabulary
+        self.reader = ImageReader(config.images, normalization_for(config.encoder))
+        self.sampler = build_sampler(config.generation.sampler)
+        self._generate = tf.function(self._generate_eager, reduce_retracing=True)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, overrides: list[str] = ()) -> "Captioner":
+        """Rebuilds the model from the run's config and loads its weights (no code is loaded)."""
+        run_dir = Path(run_dir)
+        config = load_run_config(run_dir, overrides)
+        weights_path = run_dir / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise RunError(f"{run_dir}: no trained weights ({WEIGHTS_FILE}); is training finished?")
+        vocabulary = Vocabulary.load(run_dir / VOCABULARY_FILE)
+        model = build_model(config, vocabulary.size, load_pretrained=False)
+        model.load_weights(weights_path)
+        return cls(config, model, vocabulary)
+
+    def _generate_eager(self, images):
+        features = self.model.encoder(images, training=False)  # (batch, regions, channels)
+        return generate_token_ids(self.model.decoder, features, self.config.decoder.max_length, self.sampler)
+
+    def caption_images(self, images) -> list[str]:
+        """images: (batch, y_size, x_size, 3) float32, normalized for this encoder."""
+        token_ids = self._generate(tf.convert_to_tensor(images, tf.float32))  # (batch, max_length)
+        return [self.vocabulary.decode(row[1:]) for row in np.asarray(token_ids)]
+
+    def caption_paths(self, paths: list[str], batch_size: int = 64, progress: bool = False) -> list[str]:
+        captions = []
+        progress_bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
+        for images in image_dataset([str(path) for path in paths], self.reader, batch_size):
+            captions.extend(self.caption_images(images))
+            if progress_bar is not None:
+                progress_bar.update(len(captions))
+        return captions

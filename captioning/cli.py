@@ -1,0 +1,91 @@
+"""Command line: parses arguments and calls the library; nothing else.
+
+    python -m captioning train [--experiment FILE] [--run DIR] [--set section.field=value ...]
+    python -m captioning caption IMAGE [--run DIR]
+    python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our output
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(prog="captioning", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a config, or resume an interrupted run")
+    train.add_argument("--experiment", help="experiment TOML file (default: the built-in defaults)")
+    train.add_argument("--run", help="run directory (default: a new one under runs/, or the interrupted one)")
+    train.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides")
+
+    caption = commands.add_parser("caption", help="print a caption for an image")
+    caption.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
+    caption.add_argument("--run", help="run directory (default: the latest trained run)")
+
+    evaluate = commands.add_parser("evaluate", help="score a run on a split")
+    evaluate.add_argument("--run", help="run directory (default: the latest trained run)")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. data.root=...")
+    evaluate.add_argument("--out", help="also write the metrics JSON here")
+    return parser.parse_args(argv)
+
+
+def run_train(arguments) -> None:
+    from captioning.config import load_config
+    from captioning.runs import load_run_config, new_run_dir, unfinished_run_with_config
+    from captioning.train import train
+
+    if arguments.run and Path(arguments.run, "config.toml").is_file() and not arguments.experiment:
+        config = load_run_config(Path(arguments.run), arguments.set)  # resume a named run with its own config
+    else:
+        config = load_config(arguments.experiment, arguments.set)
+    run_dir = Path(arguments.run) if arguments.run else (unfinished_run_with_config(config) or new_run_dir(config))
+    train(config, run_dir)
+
+
+def run_caption(arguments) -> None:
+    from captioning.captioner import Captioner
+    from captioning.runs import latest_run
+
+    captioner = Captioner.from_run(arguments.run or latest_run())
+    print(captioner.caption_paths([arguments.image])[0])
+
+
+def run_evaluate(arguments) -> None:
+    from captioning.captioner import Captioner
+    from captioning.evaluate import evaluate_captioner, format_metrics, write_results
+    from captioning.runs import latest_run
+
+    run_dir = Path(arguments.run) if arguments.run else latest_run()
+    captioner = Captioner.from_run(run_dir, arguments.set)
+    metrics, rows = evaluate_captioner(captioner, arguments.split)
+    metrics["run"] = str(run_dir)
+    name = f"evaluation_{arguments.split}" + ("_overridden" if arguments.set else "")
+    write_results(metrics, rows, run_dir / f"{name}.json", run_dir / f"{name}_captions.csv")
+    if arguments.out:
+        write_results(metrics, rows, Path(arguments.out), Path(arguments.out).with_suffix(".captions.csv"))
+    print(format_metrics(metrics))
+
+
+COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate}
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    from captioning.errors import USER_ERRORS
+
+    try:
+        COMMANDS[arguments.command](arguments)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,244 @@
+"""Experiment configuration: one dataclass per section, loaded from TOML with overrides.
+
+An experiment file states only what differs from these defaults:
+
+    [encoder]
+    filters = [32, 64, 128]   # three blocks are enough for 64 px shapes
+
+Overrides use ``section.field=value`` (``decoder.units=256``); the value is parsed as TOML
+(so ``[32, 64]``, ``true`` and ``"text"`` work) and falls back to a bare string.
+An unknown section or field, or a value of the wrong type, raises ``ConfigError`` naming
+the key and listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    # Which caption source reads ``root`` ("shapes" is generated on first use, no network).
+    name: str = "shapes"
+    # Folder holding the data set; relative paths are taken from the working directory.
+    root: str = "data/shapes"
+    # Captions per image seen in one training example; the five of Flickr8k and shapes.
+    # Images with fewer captions are padded with empty (ignored) captions.
+    captions_per_image: int = 5
+    # Shapes generator only: side of the drawn PNGs (the loader resizes them anyway).
+    shapes_image_size: int = 128
+    # Shapes generator only: images per split (train / val / test), from the spec.
+    shapes_train_size: int = 4000
+    shapes_val_size: int = 500
+    shapes_test_size: int = 500
+    # Shapes generator only: base seed; each split derives its own seed from it.
+    shapes_seed: int = 1234
+
+
+@dataclasses.dataclass
+class ImagesConfig:
+    # Every image is resized to x_size x y_size before the encoder; 512 is the seed notes'
+    # default. Experiments on small synthetic images set it lower to fit 2 CPU cores.
+    x_size: int = 512
+    y_size: int = 512
+    # Normalized arrays are cached here, keyed by file content, size and normalization.
+    cache_dir: str = "data/cache/images"
+    # Turn the on-disk cache off to measure raw decoding speed.
+    cache: bool = True
+
+
+@dataclasses.dataclass
+class EncoderConfig:
+    # Registry name: "conv_stack" (trained from scratch) or "vgg16" (pretrained backbone).
+    name: str = "conv_stack"
+    # conv_stack: output channels of each Conv2D -> activation -> MaxPool block.
+    filters: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256])
+    # conv_stack: square kernel side; 3 is the VGG choice (two 3x3 see as far as one 5x5).
+    kernel_size: int = 3
+    # conv_stack: batch norm after each convolution speeds up training from scratch.
+    batch_norm: bool = True
+    # conv_stack: the block's non-linearity; the seed notes compare these
+    # (relu, sigmoid, tanh, leaky_relu, elu).
+    activation: str = "relu"
+    # Pretrained backbones: "imagenet" (downloads on a connected machine), a local
+    # weights file path, or "none" for random initialization.
+    weights: str = "imagenet"
+    # Pretrained backbones: frozen by default so the decoder trains on stable features.
+    trainable: bool = False
+    # Pretrained backbones: unfreeze the last convolutional block (fine-tuning).
+    fine_tune_last_block: bool = False
+
+
+@dataclasses.dataclass
+class DecoderConfig:
+    # "lstm" or "gru".
+    cell: str = "lstm"
+    # Word embedding width; 256 is plenty for vocabularies of a few thousand words.
+    embedding_dim: int = 256
+    # Recurrent units; 512 is the Show-and-Tell size.
+    units: int = 512
+    # Dropout on embeddings and on the recurrent output, against over-fitting small data.
+    dropout: float = 0.3
+    # How the region grid becomes the initial state: "mean" (pretrained features) or
+    # "flatten" (keeps where things are; small from-scratch encoders need it for "left of").
+    image_pooling: str = "mean"
+    # Longest caption in tokens, start and end tokens included; longer ones are cut.
+    max_length: int = 24
+    # Words seen fewer times than this in training captions become the unknown token.
+    min_word_count: int = 1
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    # "greedy" (beam search arrives with the attention decoder).
+    sampler: str = "greedy"
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    # Stop when validation loss has not improved for this many epochs.
+    patience: int = 3
+    # Seeds Python, NumPy, TensorFlow and Keras so a run repeats.
+    seed: int = 0
+    # Limit the training images (0 = all): quick experiments and tests.
+    max_train_images: int = 0
+    # Limit the evaluated images (0 = all).
+    max_eval_images: int = 0
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    name: str = "default"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    images: ImagesConfig = dataclasses.field(default_factory=ImagesConfig)
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+
+SECTIONS = [field.name for field in dataclasses.fields(ExperimentConfig) if field.name != "name"]
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(ExperimentConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _check_value(key: str, value, expected):
+    """Returns ``value`` converted to ``expected`` or raises ConfigError naming ``key``."""
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {item_type.__name__}, got {value!r}")
+        return [_check_value(f"{key}[{index}]", item, item_type) for index, item in enumerate(value)]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _apply_section(section_name: str, section, values: dict, source: str):
+    hints = typing.get_type_hints(type(section))
+    valid = sorted(hints)
+    for field_name, value in values.items():
+        key = f"{section_name}.{field_name}"
+        if field_name not in hints:
+            raise ConfigError(f"{source}: unknown key '{key}'; valid keys in [{section_name}]: {', '.join(valid)}")
+        setattr(section, field_name, _check_value(f"{source}: {key}", value, hints[field_name]))
+
+
+def apply_values(config: ExperimentConfig, values: dict, source: str) -> ExperimentConfig:
+    """Applies a nested dict ``{"section": {"field": value}}`` (and top-level ``name``)."""
+    for section_name, section_values in values.items():
+        if section_name == "name":
+            config.name = _check_value(f"{source}: name", section_values, str)
+            continue
+        if section_name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{section_name}'; valid sections: name, {', '.join(SECTIONS)}")
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"{source}: '{section_name}' must be a table of fields, got {section_values!r}")
+        _apply_section(section_name, getattr(config, section_name), section_values, source)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``"decoder.units=256"`` -> ``("decoder", "units", 256)``."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override '{text}' must look like section.field=value, e.g. decoder.units=256")
+    key, raw_value = text.split("=", 1)
+    section_name, field_name = key.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"value = {raw_value.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value.strip()  # a bare word such as gru or a path
+    return section_name, field_name, value
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    for text in overrides:
+        section_name, field_name, value = parse_override(text)
+        apply_values(config, {section_name: {field_name: value}}, source=f"override '{text}'")
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Defaults, then the experiment file (if any), then ``section.field=value`` overrides."""
+    config = ExperimentConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: experiment config file not found")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        values.setdefault("name", path.stem)
+        apply_values(config, values, source=str(path))
+    return apply_overrides(config, list(overrides))
+
+
+def to_dict(config: ExperimentConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_toml(config: ExperimentConfig) -> str:
+    """The resolved config as TOML, readable back with ``load_config``."""
+    values = to_dict(config)
+    lines = [f"name = {_toml_value(values.pop('name'))}"]
+    for section_name, section_values in values.items():
+        lines.append(f"\n[{section_name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in section_values.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def from_dict(values: dict, source: str = "config") -> ExperimentConfig:
+    return apply_values(ExperimentConfig(), values, source)
+

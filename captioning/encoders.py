@@ -1,0 +1,213 @@
+"""Image encoders: images -> a grid of region features ``(batch, regions, channels)``.
+
+A registry maps ``encoder.name`` to a builder, so one test covers every encoder:
+
+    encoder = build_encoder(config.encoder, image_shape=(64, 64, 3))
+    features = encoder(images)  # (batch, 16, 256) for four pooling blocks on 64 px
+
+Each encoder also names the normalization the image loader must apply
+(``normalization_for(config.encoder)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+from captioning.config import EncoderConfig
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
+
+
+class EncoderWeightsError(ValueError):
+    """Pretrained weights could not be found, downloaded or loaded."""
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class ConvStack(layers.Layer):
+    """Blocks of Conv2D -> [BatchNorm] -> activation -> MaxPool(2), trained from scratch.
+
+    images: (batch, height, width, 3) float32 in [0, 1].
+    Returns (batch, height / 2**blocks * width / 2**blocks, filters[-1]).
+    """
+
+    def __init__(self, filters=(32, 64, 128, 256), kernel_size=3, batch_norm=True, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown encoder activation '{activation}'; valid: {', '.join(ACTIVATIONS)}")
+        if not filters:
+            raise ValueError("conv_stack needs at least one block (encoder.filters is empty)")
+        self.filters = list(filters)
+        self.kernel_size = kernel_size
+        self.batch_norm = batch_norm
+        self.activation = activation
+        self.blocks = []
+        for index, count in enumerate(self.filters):
+            block = [layers.Conv2D(count, kernel_size, padding="same", use_bias=not batch_norm, name=f"conv_{index}")]
+            if batch_norm:
+                block.append(layers.BatchNormalization(name=f"batch_norm_{index}"))
+            block.append(layers.Activation(activation, name=f"{activation}_{index}"))
+            block.append(layers.MaxPooling2D(2, name=f"pool_{index}"))
+            self.blocks.append(block)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for block in self.blocks:
+            for layer in block:
+                layer.build(shape)
+                shape = layer.compute_output_shape(shape)
+
+    def call(self, images, training=None):
+        features = images  # (batch, height, width, 3)
+        for block in self.blocks:
+            for layer in block:
+                features = layer(features, training=training) if isinstance(layer, layers.BatchNormalization) else layer(features)
+        # (batch, grid_height, grid_width, channels) -> (batch, regions, channels)
+        batch, grid_height, grid_width, channels = ops.shape(features)
+        return ops.reshape(features, (batch, grid_height * grid_width, channels))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        scale = 2 ** len(self.filters)
+        return (batch, (height // scale) * (width // scale), self.filters[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "batch_norm": self.batch_norm,
+            "activation": self.activation,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A keras.applications network used as a feature extractor."""
+
+    constructor: Callable
+    normalization: str  # the images.py scheme matching the backbone's preprocess_input
+    last_block_prefix: str  # layer-name prefix of the block unfrozen by fine_tune_last_block
+    weights_file_hint: str  # the file keras downloads for weights="imagenet"
+
+
+BACKBONES = {
+    "vgg16": Backbone(
+        constructor=keras.applications.VGG16,
+        normalization="vgg16",
+        last_block_prefix="block5_",
+        weights_file_hint="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class PretrainedBackbone(layers.Layer):
+    """A keras.applications backbone without its top, as a region-feature encoder.
+
+    images: (batch, height, width, 3) preprocessed as the backbone expects.
+    Returns (batch, grid_height * grid_width, channels), e.g. (batch, 49, 512) for VGG16 at 224.
+    weights: "imagenet", a local weights file, or "none".
+    """
+
+    def __init__(self, backbone="vgg16", image_shape=(224, 224, 3), weights="imagenet", trainable_backbone=False,
+                 fine_tune_last_block=False, **kwargs):
+        super().__init__(**kwargs)
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
+        self.backbone = backbone
+        self.image_shape = tuple(image_shape)
+        self.weights_source = weights
+        self.trainable_backbone = trainable_backbone
+        self.fine_tune_last_block = fine_tune_last_block
+        spec = BACKBONES[backbone]
+        self.network = _construct_backbone(spec, backbone, self.image_shape, weights)
+        self.network.trainable = trainable_backbone or fine_tune_last_block
+        if fine_tune_last_block and not trainable_backbone:
+            for layer in self.network.layers:
+                layer.trainable = layer.name.startswith(spec.last_block_prefix)
+
+    def call(self, images, training=None):
+        # A frozen backbone always runs in inference mode (batch norm statistics stay put).
+        training = training if (self.trainable_backbone or self.fine_tune_last_block) else False
+        features = self.network(images, training=training)  # (batch, grid_height, grid_width, channels)
+        batch, grid_height, grid_width, channels = ops.shape(features)
+        return ops.reshape(features, (batch, grid_height * grid_width, channels))
+
+    def compute_output_shape(self, input_shape):
+        grid = self.network.compute_output_shape(tuple(input_shape))
+        return (grid[0], grid[1] * grid[2], grid[3])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "backbone": self.backbone,
+            "image_shape": self.image_shape,
+            "weights": self.weights_source,
+            "trainable_backbone": self.trainable_backbone,
+            "fine_tune_last_block": self.fine_tune_last_block,
+        }
+
+
+def _construct_backbone(spec: Backbone, name: str, image_shape, weights: str):
+    common = {"include_top": False, "input_shape": image_shape}
+    if weights in ("none", "", None):
+        return spec.constructor(weights=None, **common)
+    if weights == "imagenet":
+        try:
+            return spec.constructor(weights="imagenet", **common)
+        except Exception as error:  # keras raises plain Exception on a failed download
+            raise EncoderWeightsError(
+                f"could not get ImageNet weights for {name} ({type(error).__name__}: {error}). Without internet, "
+                f"download '{spec.weights_file_hint}' on a connected machine, copy it here, and pass "
+                f"encoder.weights=/path/to/{spec.weights_file_hint} (or encoder.weights=none for random weights)."
+            ) from None
+    path = Path(weights)
+    if not path.is_file():
+        raise EncoderWeightsError(f"{path}: encoder weights file not found (encoder.weights)")
+    try:
+        return spec.constructor(weights=str(path), **common)
+    except Exception as error:
+        raise EncoderWeightsError(f"{path}: could not load {name} weights from this file ({error})") from None
+
+
+def _build_conv_stack(config: EncoderConfig, image_shape, load_pretrained: bool):
+    return ConvStack(
+        filters=config.filters, kernel_size=config.kernel_size, batch_norm=config.batch_norm,
+        activation=config.activation, name="encoder",
+    )
+
+
+def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool):
+    return PretrainedBackbone(
+        backbone=config.name, image_shape=image_shape,
+        weights=config.weights if load_pretrained else "none",
+        trainable_backbone=config.trainable, fine_tune_last_block=config.fine_tune_last_block, name="encoder",
+    )
+
+
+ENCODERS: dict[str, Callable] = {"conv_stack": _build_conv_stack, **{name: _build_backbone for name in BACKBONES}}
+
+
+def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = True) -> layers.Layer:
+    """The encoder named by ``config.name`` for images of ``image_shape`` (height, width, 3).
+
+    load_pretrained=False skips downloading/reading pretrained weights (a saved run's own
+    weights file restores them).
+    """
+    if config.name not in ENCODERS:
+        raise ValueError(f"unknown encoder '{config.name}'; valid: {', '.join(ENCODERS)}")
+    return ENCODERS[config.name](config, tuple(image_shape), load_pretrained)
+
+
+def normalization_for(config: EncoderConfig) -> str:
+    """The image loader's normalization scheme for this encoder."""
+    if config.name == "conv_stack":
+        return "unit"
+    if config.name in BACKBONES:
+        return BACKBONES[config.name].normalization
+    raise ValueError(f"unknown encoder '{config.name}'; valid: {', '.join(ENCODERS)}")

@@ -1,0 +1,9 @@
+"""The errors a user can cause and fix; the CLI prints them as one line, without a traceback."""
+
+from captioning.config import ConfigError
+from captioning.datasets import DatasetError
+from captioning.encoders import EncoderWeightsError
+from captioning.images import ImageLoadError
+from captioning.runs import RunError
+
+USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, ImageLoadError, RunError)

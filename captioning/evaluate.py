@@ -1,0 +1,50 @@
+"""Scores a run's captions on a split: BLEU-1..4 and BLEU-4 with shuffled images."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from captioning.captioner import Captioner
+from captioning.datasets import CaptionedImage, load_split
+from captioning.files import write_json, write_text
+from captioning.metrics import bleu_scores, shuffled_image_bleu_4
+
+
+def score_captions(examples: list[CaptionedImage], hypotheses: list[str], split: str) -> dict:
+    references = [list(example.captions) for example in examples]
+    return {
+        "split": split,
+        "images": len(examples),
+        **bleu_scores(references, hypotheses),
+        "bleu_4_shuffled_images": shuffled_image_bleu_4(references, hypotheses),
+    }
+
+
+def evaluate_captioner(captioner: Captioner, split: str, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Captions every image of ``split``; returns (metrics, one row per image)."""
+    examples = load_split(captioner.config.data, split)
+    limit = captioner.config.training.max_eval_images
+    examples = examples[:limit] if limit else examples
+    hypotheses = captioner.caption_paths([example.image_path for example in examples], progress=progress)
+    rows = [
+        {"image": example.image_path, "caption": hypothesis, "references": " | ".join(example.captions)}
+        for example, hypothesis in zip(examples, hypotheses)
+    ]
+    return score_captions(examples, hypotheses, split), rows
+
+
+def write_results(metrics: dict, rows: list[dict], metrics_path: Path, captions_path: Path) -> None:
+    write_json(metrics_path, metrics)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["image", "caption", "references"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(captions_path, buffer.getvalue())
+
+
+def format_metrics(metrics: dict) -> str:
+    names = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images"]
+    header = f"{metrics['split']} split, {metrics['images']} images"
+    return header + "\n" + "\n".join(f"  {name:<24} {metrics[name]:.4f}" for name in names)

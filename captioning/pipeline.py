@@ -1,0 +1,72 @@
+"""tf.data input pipelines: captioned images -> batches for training and generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from captioning.config import ImagesConfig
+from captioning.datasets import CaptionedImage
+from captioning.images import ImageCache, load_image
+from captioning.vocabulary import Vocabulary
+
+
+class ImageReader:
+    """path -> normalized float32 (y_size, x_size, 3), through the on-disk cache if enabled."""
+
+    def __init__(self, config: ImagesConfig, normalization: str):
+        self.config = config
+        self.normalization = normalization
+        self.cache = ImageCache(config.cache_dir) if config.cache else None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.config.y_size, self.config.x_size, 3)
+
+    def __call__(self, path: str) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache.load(path, self.config.x_size, self.config.y_size, self.normalization)
+        return load_image(path, self.config.x_size, self.config.y_size, self.normalization)
+
+
+def caption_array(examples: list[CaptionedImage], vocabulary: Vocabulary, captions_per_image: int, length: int) -> np.ndarray:
+    """(images, captions_per_image, length) int32; missing captions are all padding (ignored)."""
+    tokens = np.zeros((len(examples), captions_per_image, length), dtype=np.int32)
+    flat_captions, positions = [], []
+    for image_index, example in enumerate(examples):
+        for caption_index, caption in enumerate(example.captions[:captions_per_image]):
+            flat_captions.append(caption)
+            positions.append((image_index, caption_index))
+    packed = vocabulary.encode_batch(flat_captions, length)  # (all captions, length)
+    for (image_index, caption_index), row in zip(positions, packed):
+        tokens[image_index, caption_index] = row
+    return tokens
+
+
+def read_image_op(reader: ImageReader, path: tf.Tensor) -> tf.Tensor:
+    """A string tensor path -> (y_size, x_size, 3) float32 tensor, inside a tf.data map."""
+    image = tf.numpy_function(lambda value: reader(value.decode()), [path], tf.float32)
+    return tf.ensure_shape(image, reader.shape)
+
+
+def image_dataset(paths: list[str], reader: ImageReader, batch_size: int) -> tf.data.Dataset:
+    """Batches of decoded, resized, normalized images in order, read in parallel."""
+    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    dataset = dataset.map(lambda path: read_image_op(reader, path), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, reader: ImageReader, captions_per_image: int,
+                     length: int, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Yields ({"images": (batch, y, x, 3), "captions": (batch, C, length - 1)}, targets (batch, C, length - 1))."""
+    tokens = caption_array(examples, vocabulary, captions_per_image, length)  # (images, C, length)
+    paths = [example.image_path for example in examples]
+    dataset = tf.data.Dataset.from_tensor_slices((paths, tokens))
+    if shuffle:
+        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+
+    def read(path, caption_tokens):
+        image = read_image_op(reader, path)  # (y_size, x_size, 3)
+        return {"images": image, "captions": caption_tokens[:, :-1]}, caption_tokens[:, 1:]
+
+    return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)

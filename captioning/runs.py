@@ -1,0 +1,88 @@
+"""Run directories: where a training run keeps its config, vocabulary, weights and results.
+
+    runs/20261127-101500-shapes_conv_lstm/
+      config.toml            the resolved config (defaults + experiment + overrides)
+      vocabulary.json        token list
+      model.weights.h5       best weights (lowest validation loss)
+      checkpoint/            last finished epoch: weights + optimizer state + progress
+      history.csv            loss and validation loss per epoch
+      metrics.json           BLEU-1..4 on the test split, and with shuffled images
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from captioning.config import ExperimentConfig, load_config, to_dict, to_toml
+
+RUNS_ROOT = Path("runs")
+CONFIG_FILE = "config.toml"
+VOCABULARY_FILE = "vocabulary.json"
+WEIGHTS_FILE = "model.weights.h5"
+CHECKPOINT_DIR = "checkpoint"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+
+
+class RunError(ValueError):
+    """A run directory is missing, incomplete, or does not match the requested config."""
+
+
+def new_run_dir(config: ExperimentConfig, runs_root: Path = RUNS_ROOT) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_root / f"{stamp}-{config.name}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = runs_root / f"{stamp}-{config.name}-{suffix}"
+    return run_dir
+
+
+def run_dirs(runs_root: Path = RUNS_ROOT) -> list[Path]:
+    """Run directories (those holding a config), oldest first by name (names start with a timestamp)."""
+    if not runs_root.is_dir():
+        return []
+    return sorted(path for path in runs_root.iterdir() if (path / CONFIG_FILE).is_file())
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / METRICS_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file()
+
+
+def latest_run(runs_root: Path = RUNS_ROOT, finished: bool = True) -> Path:
+    """The newest run directory (with trained weights, unless finished=False)."""
+    candidates = [path for path in run_dirs(runs_root) if (path / WEIGHTS_FILE).is_file() or not finished]
+    if not candidates:
+        raise RunError(f"no trained run under {runs_root}/: run 'make train' first, or pass RUN=path/to/run")
+    return candidates[-1]
+
+
+def unfinished_run_with_config(config: ExperimentConfig, runs_root: Path = RUNS_ROOT) -> Path | None:
+    """The newest unfinished run whose saved config equals ``config`` (an interrupted `make train`)."""
+    for run_dir in reversed(run_dirs(runs_root)):
+        if not is_finished(run_dir) and to_dict(load_run_config(run_dir)) == to_dict(config):
+            return run_dir
+    return None
+
+
+def load_run_config(run_dir: Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    return load_config(path, overrides)
+
+
+def config_differences(saved: ExperimentConfig, requested: ExperimentConfig) -> list[str]:
+    """``["decoder.units: 512 -> 256", ...]`` for every field that differs."""
+    saved_values, requested_values = to_dict(saved), to_dict(requested)
+    differences = []
+    for section, values in saved_values.items():
+        if not isinstance(values, dict):
+            if values != requested_values[section]:
+                differences.append(f"{section}: {values!r} -> {requested_values[section]!r}")
+            continue
+        for field, value in values.items():
+            if value != requested_values[section][field]:
+                differences.append(f"{section}.{field}: {value!r} -> {requested_values[section][field]!r}")
+    return differences
