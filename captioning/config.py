@@ -14,6 +14,7 @@ the key and listing the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -236,6 +237,9 @@ def _toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    # TOML basic strings cannot hold raw control characters (a newline in a name would
+    # make the run's config.toml unreadable); write them as \uXXXX escapes.
+    escaped = re.sub(r"[\x00-\x1f\x7f]", lambda match: f"\\u{ord(match.group()):04x}", escaped)
     return f'"{escaped}"'
 
 

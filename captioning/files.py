@@ -29,6 +29,11 @@ def atomic_path(path: str | Path):
             os.remove(temporary)
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of atomic_path's temporaries (left by a killed writer)."""
+    return name.startswith(".") and ".tmp" in name
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from captioning.config import ExperimentConfig, load_config, to_dict, to_toml
+from captioning.config import ExperimentConfig, load_config, to_dict
 
 RUNS_ROOT = Path("runs")
 CONFIG_FILE = "config.toml"

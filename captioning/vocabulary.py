@@ -66,7 +66,7 @@ class Vocabulary:
         return np.asarray(packer(ragged), dtype=np.int32)
 
     def decode(self, token_ids) -> str:
-        """Words up to the first <end>; special tokens dropped."""
+        """Words up to the first <end>; <pad>, <start> and out-of-range ids dropped, <unk> kept."""
         output = []
         for token_id in np.asarray(token_ids).tolist():
             if token_id == END_ID:
@@ -85,6 +85,8 @@ class Vocabulary:
         path = Path(path)
         try:
             tokens = json.loads(path.read_text())["tokens"]
-        except (OSError, ValueError, KeyError) as error:
+            if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+                raise ValueError("'tokens' must be a list of strings")
+            return cls(tokens)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # TypeError: JSON that is not an object
             raise ValueError(f"{path}: not a readable vocabulary file ({error})") from None
-        return cls(tokens)

@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import re
 import shutil
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy
 from PIL import Image, ImageDraw
 
+from captioning.files import is_temporary, write_text
 from captioning.datasets import SPLITS, CaptionedImage, DatasetError, read_caption_csv
 
 # Bump when the drawing or the captions change, so that old folders are regenerated.
@@ -299,12 +299,6 @@ def draw_image(rng: numpy.random.Generator, objects: list[ShapeObject], image_si
     return Image.fromarray(pixels)  # (image_size, image_size, 3) uint8 -> RGB
 
 
-def _write_text_atomically(path: Path, text: str):
-    temporary_path = path.with_name(path.name + ".tmp")
-    temporary_path.write_text(text, encoding="utf-8")
-    os.replace(temporary_path, path)
-
-
 def _manifest(split: str, count: int, image_size: int, seed: int) -> dict:
     return {
         "generator_version": GENERATOR_VERSION,
@@ -352,9 +346,9 @@ def generate_split(root: str | Path, split: str, count: int, image_size: int, se
         if show_counter and ((index + 1) % counter_step == 0 or index + 1 == count):
             print(f"\rshapes: {split} {index + 1}/{count}", end="", file=sys.stderr, flush=True)
 
-    _write_text_atomically(split_dir / CAPTIONS_NAME, captions_text.getvalue())
-    _write_text_atomically(split_dir / OBJECTS_NAME, json.dumps(object_records, indent=1) + "\n")
-    _write_text_atomically(
+    write_text(split_dir / CAPTIONS_NAME, captions_text.getvalue())
+    write_text(split_dir / OBJECTS_NAME, json.dumps(object_records, indent=1) + "\n")
+    write_text(
         split_dir / MANIFEST_NAME, json.dumps(_manifest(split, count, image_size, seed), indent=2) + "\n"
     )
     seconds = time.perf_counter() - start_time
@@ -385,7 +379,7 @@ def _remove_generated_split(split_dir: Path, split: str):
     for entry in split_dir.iterdir():
         if entry.name == IMAGES_DIR_NAME and entry.is_dir():
             foreign_entries += [image for image in entry.iterdir() if not generated_image.fullmatch(image.name)]
-        elif not (entry.is_file() and entry.name.removesuffix(".tmp") in generated_files):
+        elif not (entry.is_file() and (entry.name in generated_files or is_temporary(entry.name))):
             foreign_entries.append(entry)
     if foreign_entries:
         raise DatasetError(

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny shapes data set and one tiny trained run, made once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from captioning.config import load_config
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: pass --run-slow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+TINY_OVERRIDES = [
+    "images.x_size=32", "images.y_size=32",
+    "encoder.filters=[8, 16]",
+    "decoder.embedding_dim=16", "decoder.units=32", "decoder.max_length=22", "decoder.image_pooling=\"flatten\"",
+    "data.shapes_train_size=48", "data.shapes_val_size=16", "data.shapes_test_size=16", "data.shapes_image_size=48",
+    "training.epochs=2", "training.batch_size=16",
+]
+
+
+def tiny_config(tmp_path_factory_or_path, *extra):
+    """A config small enough to train in seconds, with its data and cache under a temp folder."""
+    root = tmp_path_factory_or_path
+    overrides = TINY_OVERRIDES + [f"data.root={root / 'shapes'}", f"images.cache_dir={root / 'cache'}", *extra]
+    return load_config(None, overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data_root):
+    """A finished tiny run directory (trained two epochs, evaluated)."""
+    from captioning.train import train
+
+    run_dir = tiny_data_root / "runs" / "tiny"
+    train(tiny_config(tiny_data_root), run_dir, verbose=0)
+    return run_dir

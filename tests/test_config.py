@@ -1,0 +1,332 @@
+"""Tests for captioning.config: defaults, experiment files, overrides, errors, TOML round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from captioning.config import (
+    SECTIONS,
+    ConfigError,
+    DecoderConfig,
+    ExperimentConfig,
+    load_config,
+    parse_override,
+    to_dict,
+    to_toml,
+)
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_EXPERIMENTS = sorted((REPOSITORY_ROOT / "experiments").glob("*.toml"))
+
+
+def write_experiment(tmp_path: Path, text: str, name: str = "experiment") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def changed_keys(config: ExperimentConfig) -> dict[str, object]:
+    """``{"section.field": value}`` for every value that differs from the defaults."""
+    defaults, values = to_dict(ExperimentConfig()), to_dict(config)
+    changed = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            changed.update(
+                {f"{key}.{field}": item for field, item in value.items() if item != defaults[key][field]}
+            )
+        elif value != defaults[key]:
+            changed[key] = value
+    return changed
+
+
+# ---- defaults -------------------------------------------------------------------------
+
+
+def test_defaults_load_without_a_file():
+    config = load_config()
+    assert config.name == "default"
+    assert config.data.name == "shapes"
+    assert config.images.x_size == 512 and config.images.y_size == 512
+    assert config.encoder.name == "conv_stack"
+    assert config.encoder.filters == [32, 64, 128, 256]
+    assert config.decoder.cell == "lstm"
+    assert config.decoder.units == 512
+    assert config.training.learning_rate == 1e-3
+    assert changed_keys(config) == {}
+
+
+def test_default_lists_are_not_shared_between_configs():
+    first, second = load_config(), load_config()
+    first.encoder.filters.append(512)
+    assert second.encoder.filters == [32, 64, 128, 256]
+
+
+def test_every_section_is_listed():
+    assert SECTIONS == ["data", "images", "encoder", "decoder", "generation", "training"]
+
+
+# ---- experiment files -----------------------------------------------------------------
+
+
+def test_experiment_file_changes_only_what_it_states_and_is_named_after_the_file(tmp_path):
+    path = write_experiment(
+        tmp_path,
+        """
+        [encoder]
+        filters = [8, 16]
+        batch_norm = false
+
+        [decoder]
+        units = 128
+        """,
+        name="small_gru",
+    )
+    config = load_config(path)
+    assert changed_keys(config) == {
+        "name": "small_gru",
+        "encoder.filters": [8, 16],
+        "encoder.batch_norm": False,
+        "decoder.units": 128,
+    }
+
+
+def test_experiment_file_name_key_wins_over_the_file_name(tmp_path):
+    path = write_experiment(tmp_path, 'name = "baseline"\n[training]\nepochs = 2\n', name="other")
+    config = load_config(path)
+    assert config.name == "baseline"
+    assert config.training.epochs == 2
+
+
+def test_overrides_apply_after_the_experiment_file(tmp_path):
+    path = write_experiment(tmp_path, "[decoder]\nunits = 128\nembedding_dim = 32\n")
+    config = load_config(path, ["decoder.units=64"])
+    assert config.decoder.units == 64  # the override wins
+    assert config.decoder.embedding_dim == 32  # the file's other value stays
+
+
+def test_experiment_file_integer_for_a_float_field_becomes_a_float(tmp_path):
+    config = load_config(write_experiment(tmp_path, "[training]\nlearning_rate = 1\n"))
+    assert config.training.learning_rate == 1.0
+    assert type(config.training.learning_rate) is float
+
+
+# ---- overrides ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, section, field, value",
+    [
+        ("decoder.units=256", "decoder", "units", 256),
+        ("decoder.dropout=0.5", "decoder", "dropout", 0.5),
+        ("training.learning_rate=3e-4", "training", "learning_rate", 3e-4),
+        ("encoder.batch_norm=false", "encoder", "batch_norm", False),
+        ("images.cache=true", "images", "cache", True),
+        ("encoder.filters=[8,16]", "encoder", "filters", [8, 16]),
+        ("encoder.filters=[]", "encoder", "filters", []),
+        ("decoder.cell=gru", "decoder", "cell", "gru"),  # bare word: not TOML, kept as text
+        ("data.root=data/my shapes", "data", "root", "data/my shapes"),  # bare path with a space
+        ('data.root="quoted dir"', "data", "root", "quoted dir"),  # TOML basic string
+        ("data.root='C:\\data'", "data", "root", "C:\\data"),  # TOML literal string keeps backslash
+        ('data.root="with \\"quotes\\""', "data", "root", 'with "quotes"'),
+        (" decoder.units = 96 ", "decoder", "units", 96),  # spaces around key and value
+    ],
+)
+def test_override_value_is_parsed_and_applied(override, section, field, value):
+    config = load_config(overrides=[override])
+    applied = getattr(getattr(config, section), field)
+    assert applied == value
+    assert type(applied) is type(value)
+
+
+def test_integer_override_for_a_float_field_becomes_a_float():
+    config = load_config(overrides=["training.learning_rate=1"])
+    assert config.training.learning_rate == 1.0
+    assert type(config.training.learning_rate) is float
+
+
+def test_later_override_of_the_same_key_wins():
+    config = load_config(overrides=["decoder.units=8", "decoder.units=16"])
+    assert config.decoder.units == 16
+
+
+def test_parse_override_splits_section_field_and_value():
+    assert parse_override("decoder.units=256") == ("decoder", "units", 256)
+    assert parse_override("data.root=a=b") == ("data", "root", "a=b")  # only the first '=' splits
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+def test_unknown_section_names_it_and_lists_the_sections():
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=["decodr.units=3"])
+    message = str(error.value)
+    assert "decodr" in message
+    for section in SECTIONS:
+        assert section in message
+
+
+def test_unknown_field_names_the_key_and_lists_valid_fields():
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=["decoder.unitz=3"])
+    message = str(error.value)
+    assert "decoder.unitz" in message
+    for field in dataclasses.fields(DecoderConfig):
+        assert field.name in message
+
+
+def test_unknown_field_in_a_file_names_the_file_and_the_key(tmp_path):
+    path = write_experiment(tmp_path, "[training]\nepoch = 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "training.epoch" in message
+    assert "epochs" in message and "batch_size" in message
+
+
+def test_unknown_section_in_a_file_is_an_error(tmp_path):
+    path = write_experiment(tmp_path, "[optimizer]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match="unknown section 'optimizer'.*training"):
+        load_config(path)
+
+
+def test_a_section_that_is_not_a_table_is_an_error(tmp_path):
+    path = write_experiment(tmp_path, "decoder = 3\n")
+    with pytest.raises(ConfigError, match="'decoder' must be a table"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("training.epochs=abc", "training.epochs"),  # bare string for an int
+        ("training.epochs=true", "training.epochs"),  # bool is not an int here
+        ("training.epochs=1.5", "training.epochs"),  # no silent float -> int
+        ('training.epochs="3"', "training.epochs"),  # quoted string for an int
+        ("training.learning_rate=true", "training.learning_rate"),  # bool is not promoted to float
+        ("encoder.batch_norm=1", "encoder.batch_norm"),  # int is not a bool
+        ("encoder.filters=8", "encoder.filters"),  # scalar for a list
+        ('encoder.filters=[1,"a"]', "encoder.filters[1]"),  # the bad item is named
+        ("encoder.filters=[1,true]", "encoder.filters[1]"),
+        ("decoder.cell=3", "decoder.cell"),  # int for a string
+    ],
+)
+def test_wrong_type_is_a_config_error_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert key in str(error.value)
+
+
+def test_wrong_type_in_a_file_names_the_file_and_the_key(tmp_path):
+    path = write_experiment(tmp_path, '[decoder]\nunits = "many"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    assert "decoder.units" in str(error.value)
+
+
+@pytest.mark.parametrize("override", ["decoderunits=3", "decoder.units", "units=3", "=3"])
+def test_malformed_override_is_a_config_error_showing_the_expected_form(override):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert override in str(error.value)
+    assert "section.field=value" in str(error.value)
+
+
+def test_missing_experiment_file_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match="not found") as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_folder_is_not_an_experiment_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path)
+
+
+def test_invalid_toml_is_a_config_error_naming_the_file(tmp_path):
+    path = write_experiment(tmp_path, "[decoder\nunits = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+
+
+# ---- writing the resolved config ------------------------------------------------------
+
+
+def round_trip(config: ExperimentConfig, tmp_path: Path) -> ExperimentConfig:
+    path = tmp_path / "resolved.toml"
+    path.write_text(to_toml(config))
+    return load_config(path)
+
+
+def test_default_config_round_trips_through_toml(tmp_path):
+    assert to_dict(round_trip(ExperimentConfig(), tmp_path)) == to_dict(ExperimentConfig())
+
+
+def test_changed_config_round_trips_through_toml(tmp_path):
+    config = load_config(
+        overrides=[
+            "encoder.filters=[8, 16, 24]",
+            "encoder.batch_norm=false",
+            "decoder.cell=gru",
+            "decoder.dropout=0.0",
+            "training.learning_rate=1e-05",
+            "training.epochs=1",
+        ]
+    )
+    config.name = "a run named differently from its file"
+    loaded = round_trip(config, tmp_path)
+    assert to_dict(loaded) == to_dict(config)
+    assert type(loaded.decoder.dropout) is float
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'say "cheese"',
+        "C:\\runs\\new",  # backslashes, and \r \n that must not turn into escapes
+        'ends with a backslash \\',
+        '\\"',  # backslash then quote
+        "tab\there",
+        "two\nlines",  # a newline used to make the written TOML unreadable
+        "unicode: café ✓",
+        "",
+    ],
+)
+def test_strings_with_quotes_backslashes_and_control_characters_round_trip(text, tmp_path):
+    config = ExperimentConfig()
+    config.name = text
+    config.data.root = text
+    loaded = round_trip(config, tmp_path)
+    assert loaded.name == text
+    assert loaded.data.root == text
+
+
+def test_toml_lists_each_section_as_a_table():
+    text = to_toml(ExperimentConfig())
+    assert text.startswith('name = "default"\n')
+    for section in SECTIONS:
+        assert f"\n[{section}]\n" in text
+    assert "filters = [32, 64, 128, 256]" in text
+    assert "batch_norm = true" in text
+
+
+# ---- shipped experiments --------------------------------------------------------------
+
+
+def test_there_are_shipped_experiments():
+    assert SHIPPED_EXPERIMENTS, "experiments/*.toml is empty"
+
+
+@pytest.mark.parametrize("path", SHIPPED_EXPERIMENTS, ids=[path.name for path in SHIPPED_EXPERIMENTS])
+def test_shipped_experiment_loads_and_round_trips(path, tmp_path):
+    config = load_config(path)
+    assert config.name == path.stem
+    assert set(changed_keys(config)) - {"name"}, f"{path.name} changes nothing from the defaults"
+    assert to_dict(round_trip(config, tmp_path)) == to_dict(config)

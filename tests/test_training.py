@@ -1,0 +1,84 @@
+"""End to end: a tiny config really trains, writes its run directory, resumes after a crash."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from captioning.checkpoints import TrainingCheckpoint
+from captioning.config import to_dict
+from captioning.runs import RunError, load_run_config
+from captioning.train import train
+from conftest import tiny_config
+
+METRIC_KEYS = {"split", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images"}
+
+
+def read_history(run_dir):
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tiny_run_writes_config_vocabulary_weights_history_and_metrics(trained_run, tiny_data_root):
+    for name in ["config.toml", "vocabulary.json", "model.weights.h5", "history.csv", "metrics.json", "captions_test.csv"]:
+        assert (trained_run / name).is_file(), name
+    assert to_dict(load_run_config(trained_run)) == to_dict(tiny_config(tiny_data_root))
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["split"] == "test" and metrics["images"] == 16
+    assert all(0.0 <= metrics[name] <= 1.0 for name in METRIC_KEYS - {"split"})
+    history = read_history(trained_run)
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    assert {"loss", "val_loss"} <= set(history[0])
+
+
+def test_training_lowers_the_loss(trained_run):
+    history = read_history(trained_run)
+    assert float(history[-1]["loss"]) < float(history[0]["loss"])
+    assert float(history[-1]["val_loss"]) < float(history[0]["val_loss"])
+
+
+def test_interrupted_run_resumes_after_its_last_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "training.epochs=3", "data.shapes_train_size=16")
+    run_dir = tmp_path / "run"
+    original_on_epoch_end = TrainingCheckpoint.on_epoch_end
+
+    def crash_after_first_epoch(self, epoch, logs=None):
+        original_on_epoch_end(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, verbose=0)
+    assert [row["epoch"] for row in read_history(run_dir)] == ["1"]
+    assert not (run_dir / "metrics.json").exists()
+
+    monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", original_on_epoch_end)
+    train(config, run_dir, verbose=0)
+    assert [row["epoch"] for row in read_history(run_dir)] == ["1", "2", "3"]
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 3
+    assert sorted(path.name for path in (run_dir / "checkpoint").glob("*.weights.h5")) == ["epoch-003.weights.h5"]
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_resuming_with_another_config_is_refused(trained_run, tiny_data_root):
+    changed = tiny_config(tiny_data_root, "decoder.units=64")
+    with pytest.raises(RunError, match="decoder.units: 32 -> 64"):
+        train(changed, trained_run, verbose=0)
+
+
+def test_early_stopping_state_survives(tmp_path):
+    """Patience 0 stops after the first epoch that does not improve; a rerun does not train again."""
+    config = tiny_config(tmp_path, "training.epochs=6", "training.patience=1", "training.learning_rate=10.0",
+                         "data.shapes_train_size=16")
+    run_dir = tmp_path / "run"
+    train(config, run_dir, verbose=0)
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["stopped_early"] and state["epochs_done"] < 6
+    epochs_done = state["epochs_done"]
+    train(config, run_dir, verbose=0)
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["epochs_done"] == epochs_done
