@@ -51,8 +51,9 @@ class Captioner:
     def caption_paths(self, paths: list[str], batch_size: int = 64, progress: bool = False) -> list[str]:
         captions = []
         progress_bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
-        for images in image_dataset([str(path) for path in paths], self.reader, batch_size):
-            captions.extend(self.caption_images(images))
-            if progress_bar is not None:
-                progress_bar.update(len(captions))
+        with self.reader.reporting_errors():
+            for images in image_dataset([str(path) for path in paths], self.reader, batch_size):
+                captions.extend(self.caption_images(images))
+                if progress_bar is not None:
+                    progress_bar.update(len(captions))
         return captions

@@ -12,7 +12,21 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our output
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter hides our output
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 muted: its CUDA probes print before any log
+    level applies, and on a machine without a GPU they are noise."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
 
 
 def parse_arguments(argv):
@@ -50,10 +64,14 @@ def run_train(arguments) -> None:
 
 
 def run_caption(arguments) -> None:
-    from captioning.captioner import Captioner
+    from captioning.images import read_rgb
     from captioning.runs import latest_run
 
-    captioner = Captioner.from_run(arguments.run or latest_run())
+    read_rgb(arguments.image)  # a bad image fails here, before the model loads
+    run_dir = arguments.run or latest_run()
+    from captioning.captioner import Captioner
+
+    captioner = Captioner.from_run(run_dir)
     print(captioner.caption_paths([arguments.image])[0])
 
 
@@ -78,6 +96,7 @@ COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate
 
 def main(argv=None) -> int:
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    import_tensorflow_quietly()
     from captioning.errors import USER_ERRORS
 
     try:

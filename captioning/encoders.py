@@ -49,7 +49,9 @@ class ConvStack(layers.Layer):
         for index, count in enumerate(self.filters):
             block = [layers.Conv2D(count, kernel_size, padding="same", use_bias=not batch_norm, name=f"conv_{index}")]
             if batch_norm:
-                block.append(layers.BatchNormalization(name=f"batch_norm_{index}"))
+                # momentum 0.9, not Keras' 0.99: runs of a few hundred steps need moving
+                # statistics that have caught up by the time validation uses them.
+                block.append(layers.BatchNormalization(momentum=0.9, name=f"batch_norm_{index}"))
             block.append(layers.Activation(activation, name=f"{activation}_{index}"))
             block.append(layers.MaxPooling2D(2, name=f"pool_{index}"))
             self.blocks.append(block)

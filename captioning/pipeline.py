@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
 from captioning.config import ImagesConfig
 from captioning.datasets import CaptionedImage
-from captioning.images import ImageCache, load_image
+from captioning.images import ImageCache, ImageLoadError, load_image
 from captioning.vocabulary import Vocabulary
 
 
@@ -18,15 +20,30 @@ class ImageReader:
         self.config = config
         self.normalization = normalization
         self.cache = ImageCache(config.cache_dir) if config.cache else None
+        self.errors: list[ImageLoadError] = []  # what failed inside tf.data, to re-raise outside it
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.config.y_size, self.config.x_size, 3)
 
     def __call__(self, path: str) -> np.ndarray:
-        if self.cache is not None:
-            return self.cache.load(path, self.config.x_size, self.config.y_size, self.normalization)
-        return load_image(path, self.config.x_size, self.config.y_size, self.normalization)
+        try:
+            if self.cache is not None:
+                return self.cache.load(path, self.config.x_size, self.config.y_size, self.normalization)
+            return load_image(path, self.config.x_size, self.config.y_size, self.normalization)
+        except ImageLoadError as error:
+            self.errors.append(error)
+            raise
+
+    @contextlib.contextmanager
+    def reporting_errors(self):
+        """Inside tf.data an ImageLoadError becomes a TensorFlow error; give the user ours back."""
+        try:
+            yield
+        except tf.errors.OpError:
+            if self.errors:
+                raise self.errors[0] from None
+            raise
 
 
 def caption_array(examples: list[CaptionedImage], vocabulary: Vocabulary, captions_per_image: int, length: int) -> np.ndarray:

@@ -75,8 +75,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         print(f"resuming {run_dir} after epoch {initial_epoch}")
     started = time.time()
     if initial_epoch < config.training.epochs and not checkpoint.finished:
-        model.fit(train_dataset, validation_data=validation_dataset, epochs=config.training.epochs,
-                  initial_epoch=initial_epoch, callbacks=[checkpoint], verbose=verbose, shuffle=False)
+        with reader.reporting_errors():
+            model.fit(train_dataset, validation_data=validation_dataset, epochs=config.training.epochs,
+                      initial_epoch=initial_epoch, callbacks=[checkpoint], verbose=verbose, shuffle=False)
     training_seconds = time.time() - started
 
     captioner = Captioner.from_run(run_dir)

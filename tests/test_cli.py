@@ -1,0 +1,71 @@
+"""The command line: captions any image, evaluates a run elsewhere, reports bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioning.cli import main
+from captioning.vocabulary import Vocabulary
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("mode, suffix", [("RGB", ".jpg"), ("L", ".jpg"), ("RGBA", ".png"), ("P", ".png")])
+def test_caption_prints_one_caption_in_the_run_vocabulary(trained_run, tmp_path, capsys, mode, suffix):
+    pixels = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray(pixels).convert(mode).save(path)
+    code, out, err = run_cli(capsys, "caption", str(path), "--run", str(trained_run))
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    vocabulary = Vocabulary.load(trained_run / "vocabulary.json")
+    assert all(word in vocabulary.ids for word in lines[0].split())
+
+
+@pytest.mark.parametrize("content, reason", [(None, "not found"), (b"", "empty"), (b"not an image", "not an image")])
+def test_bad_image_is_one_line_naming_the_file(trained_run, tmp_path, capsys, content, reason):
+    path = tmp_path / "broken.jpg"
+    if content is not None:
+        path.write_bytes(content)
+    code, out, err = run_cli(capsys, "caption", str(path), "--run", str(trained_run))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "broken.jpg" in err and reason in err.lower()
+
+
+def test_unknown_config_key_is_one_line_listing_valid_keys(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--run", str(tmp_path / "run"), "--set", "decoder.unitz=3")
+    assert code == 2
+    assert "decoder.unitz" in err and "units" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_run_directory_is_a_clear_error(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "evaluate", "--run", str(tmp_path / "no_such_run"))
+    assert code == 2 and "not a run directory" in err
+
+
+def test_evaluate_on_another_copy_of_the_data_writes_the_metrics(trained_run, tiny_data_root, tmp_path, capsys):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_data_root / "shapes", copy)
+    out_file = tmp_path / "metrics.json"
+    code, out, err = run_cli(capsys, "evaluate", "--run", str(trained_run), "--split", "test",
+                             "--set", f"data.root={copy}", "--out", str(out_file))
+    assert code == 0, err
+    metrics = json.loads(out_file.read_text())
+    assert {"split", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images"} <= set(metrics)
+    captions = out_file.with_suffix(".captions.csv").read_text().splitlines()
+    assert len(captions) == 1 + metrics["images"]
+    assert str(copy) in captions[1]
+    # the same model on an identical copy scores exactly what training measured
+    trained_metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["bleu_4"] == pytest.approx(trained_metrics["bleu_4"])

@@ -1,0 +1,187 @@
+"""Encoders and decoders: shapes, serialization round trips, gradients, step == sequence."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from captioning.config import DecoderConfig, EncoderConfig
+from captioning.decoders import CELLS, RNNDecoder, build_decoder
+from captioning.encoders import ENCODERS, EncoderWeightsError, build_encoder, normalization_for
+from captioning.images import NORMALIZATIONS
+
+IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
+ENCODER_CONFIGS = {
+    "conv_stack": EncoderConfig(name="conv_stack", filters=[4, 8], batch_norm=True),
+    "vgg16": EncoderConfig(name="vgg16", weights="none", trainable=True),
+}
+EXPECTED_FEATURES = {"conv_stack": (8 * 12, 8), "vgg16": (1 * 1, 512)}
+
+
+def test_every_registered_encoder_is_covered():
+    assert set(ENCODER_CONFIGS) == set(ENCODERS)
+
+
+@pytest.fixture(params=sorted(ENCODERS))
+def encoder_name(request):
+    return request.param
+
+
+def random_images(batch=2, shape=IMAGE_SHAPE, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (batch, *shape)).astype("float32")
+
+
+def test_encoder_output_is_a_region_grid(encoder_name):
+    encoder = build_encoder(ENCODER_CONFIGS[encoder_name], IMAGE_SHAPE)
+    features = encoder(random_images())
+    assert tuple(features.shape) == (2, *EXPECTED_FEATURES[encoder_name])
+    assert tuple(encoder.compute_output_shape((2, *IMAGE_SHAPE))) == (2, *EXPECTED_FEATURES[encoder_name])
+    assert normalization_for(ENCODER_CONFIGS[encoder_name]) in NORMALIZATIONS
+
+
+def test_encoder_serialization_round_trip(encoder_name):
+    encoder = build_encoder(ENCODER_CONFIGS[encoder_name], IMAGE_SHAPE)
+    images = random_images()
+    expected = encoder(images, training=False)
+    restored = encoder.__class__.from_config(encoder.get_config())
+    restored(images)
+    restored.set_weights(encoder.get_weights())
+    np.testing.assert_allclose(restored(images, training=False), expected, rtol=1e-5, atol=1e-5)
+    assert restored.get_config() == encoder.get_config()
+
+
+def test_every_trainable_encoder_weight_gets_a_gradient(encoder_name):
+    encoder = build_encoder(ENCODER_CONFIGS[encoder_name], IMAGE_SHAPE)
+    images = tf.constant(random_images())
+    encoder(images)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(encoder(images, training=True)))
+    gradients = tape.gradient(loss, encoder.trainable_weights)
+    assert encoder.trainable_weights
+    for weight, gradient in zip(encoder.trainable_weights, gradients):
+        assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0, weight.path
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "elu"])
+def test_conv_stack_activation_is_a_config_choice(activation):
+    encoder = build_encoder(EncoderConfig(filters=[4], activation=activation, batch_norm=False), IMAGE_SHAPE)
+    features = np.asarray(encoder(random_images() - 0.5))
+    if activation in ("relu",):
+        assert features.min() >= 0
+    if activation in ("sigmoid",):
+        assert features.min() > 0 and features.max() < 1
+    if activation in ("leaky_relu", "elu", "tanh"):
+        assert features.min() < 0
+
+
+def test_unknown_encoder_and_activation_are_errors_listing_valid_names():
+    with pytest.raises(ValueError, match="unknown encoder 'resnet9'.*conv_stack.*vgg16"):
+        build_encoder(EncoderConfig(name="resnet9"), IMAGE_SHAPE)
+    with pytest.raises(ValueError, match="unknown encoder activation 'swishy'.*leaky_relu"):
+        build_encoder(EncoderConfig(activation="swishy"), IMAGE_SHAPE)
+
+
+def test_vgg16_is_frozen_by_default_and_can_fine_tune_only_the_last_block():
+    frozen = build_encoder(EncoderConfig(name="vgg16", weights="none"), IMAGE_SHAPE)
+    frozen(random_images())
+    assert frozen.trainable_weights == []
+    last_block = build_encoder(EncoderConfig(name="vgg16", weights="none", fine_tune_last_block=True), IMAGE_SHAPE)
+    last_block(random_images())
+    names = [weight.path for weight in last_block.trainable_weights]
+    assert names and all("block5_" in name for name in names)
+
+
+def test_vgg16_loads_a_local_weights_file(tmp_path):
+    source = build_encoder(EncoderConfig(name="vgg16", weights="none"), IMAGE_SHAPE)
+    path = tmp_path / "vgg16_notop.weights.h5"
+    source.network.save_weights(path)
+    loaded = build_encoder(EncoderConfig(name="vgg16", weights=str(path)), IMAGE_SHAPE)
+    images = random_images()
+    np.testing.assert_allclose(loaded(images), source(images), rtol=1e-5, atol=1e-4)
+
+
+def test_vgg16_missing_weights_file_names_the_file(tmp_path):
+    with pytest.raises(EncoderWeightsError, match="nowhere.h5: encoder weights file not found"):
+        build_encoder(EncoderConfig(name="vgg16", weights=str(tmp_path / "nowhere.h5")), IMAGE_SHAPE)
+
+
+def test_vgg16_imagenet_offline_says_how_to_give_a_local_file(monkeypatch):
+    from keras.src.applications import vgg16
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: Temporary failure in name resolution")
+
+    monkeypatch.setattr(vgg16.file_utils, "get_file", offline)
+    with pytest.raises(EncoderWeightsError, match=r"encoder\.weights=/path/to/vgg16_weights_tf_dim_ordering"):
+        build_encoder(EncoderConfig(name="vgg16", weights="imagenet"), IMAGE_SHAPE)
+
+
+# ---- decoders ----
+
+VOCAB_SIZE = 11
+
+
+def make_decoder(cell, pooling="mean", dropout=0.0):
+    config = DecoderConfig(cell=cell, embedding_dim=6, units=8, dropout=dropout, image_pooling=pooling)
+    return build_decoder(config, VOCAB_SIZE)
+
+
+def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(batch, regions, channels)).astype("float32")
+    token_ids = rng.integers(1, VOCAB_SIZE, size=(batch, length)).astype("int32")
+    return features, token_ids
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("pooling", ["mean", "flatten"])
+def test_decoder_logits_shape(cell, pooling):
+    decoder = make_decoder(cell, pooling)
+    features, token_ids = decoder_inputs()
+    assert tuple(decoder((features, token_ids)).shape) == (3, 7, VOCAB_SIZE)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_decoder_step_by_step_equals_the_whole_sequence(cell):
+    """Generation (one token at a time, state carried) must see what training saw."""
+    decoder = make_decoder(cell)
+    features, token_ids = decoder_inputs()
+    expected = np.asarray(decoder((features, token_ids), training=False))  # (batch, length, vocab)
+    state = decoder.initial_state(features)
+    for position in range(token_ids.shape[1]):
+        logits, state = decoder.step(token_ids[:, position], state)
+        np.testing.assert_allclose(logits, expected[:, position], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_decoder_serialization_round_trip(cell):
+    decoder = make_decoder(cell, pooling="flatten", dropout=0.2)
+    features, token_ids = decoder_inputs()
+    expected = decoder((features, token_ids), training=False)
+    restored = RNNDecoder.from_config(decoder.get_config())
+    restored((features, token_ids))
+    restored.set_weights(decoder.get_weights())
+    np.testing.assert_allclose(restored((features, token_ids), training=False), expected, rtol=1e-5, atol=1e-6)
+    assert restored.get_config() == decoder.get_config()
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_every_decoder_weight_gets_a_gradient(cell):
+    decoder = make_decoder(cell, pooling="flatten")
+    features, token_ids = decoder_inputs()
+    decoder((features, token_ids))
+    with tf.GradientTape() as tape:
+        logits = decoder((features, token_ids), training=True)
+        loss = keras.losses.sparse_categorical_crossentropy(token_ids, logits, from_logits=True)
+    gradients = tape.gradient(loss, decoder.trainable_weights)
+    for weight, gradient in zip(decoder.trainable_weights, gradients):
+        assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0, weight.path
+
+
+def test_decoder_rejects_unknown_cell_and_pooling():
+    with pytest.raises(ValueError, match="unknown decoder cell 'rnn'.*lstm, gru"):
+        make_decoder("rnn")
+    with pytest.raises(ValueError, match="unknown image_pooling 'max'.*mean.*flatten"):
+        make_decoder("gru", pooling="max")
