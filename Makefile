@@ -2,7 +2,7 @@
 # pyproject.toml first (again whenever pyproject.toml changes), so a fresh clone needs
 # nothing installed by hand.
 #
-#   make train [EXPERIMENT=file] [RUN=dir] [SET="section.field=value ..."]
+#   make train [EXPERIMENT=file, default experiments/shapes_conv_lstm.toml] [RUN=dir] [SET="section.field=value ..."]
 #   make caption IMG=path [RUN=dir]
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json]
 #   make test
@@ -11,7 +11,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-EXPERIMENT ?= experiments/shapes_conv_lstm.toml
 SPLIT ?= test
 
 .PHONY: train caption evaluate test venv clean-cache
@@ -24,7 +23,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 train: $(INSTALLED)
-	$(PY) -m captioning train --experiment $(EXPERIMENT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET))
+	$(PY) -m captioning train $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET))
 
 caption: $(INSTALLED)
 	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir]" >&2; exit 2; }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 
+from captioning.runs import RunError
 from captioning.files import atomic_path, write_json, write_text
 
 STATE_FILE = "state.json"
@@ -48,7 +49,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         state = json.loads(self.state_path.read_text())
         weights_path = self.checkpoint_dir / state["weights_file"]
         if not weights_path.is_file():
-            raise ValueError(f"{weights_path}: checkpoint named by {self.state_path} is missing; delete the checkpoint folder to start over")
+            raise RunError(f"{weights_path}: checkpoint named by {self.state_path} is missing; delete the checkpoint folder to start over")
         model.optimizer.build(model.trainable_variables)
         model.load_weights(weights_path)
         self.state = state

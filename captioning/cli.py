@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "shapes_conv_lstm.toml"
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter hides our output
 
 
@@ -34,7 +36,8 @@ def parse_arguments(argv):
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a config, or resume an interrupted run")
-    train.add_argument("--experiment", help="experiment TOML file (default: the built-in defaults)")
+    train.add_argument("--experiment", help=f"experiment TOML file (default: {DEFAULT_EXPERIMENT.name}, "
+                                            "or the saved config of an existing --run)")
     train.add_argument("--run", help="run directory (default: a new one under runs/, or the interrupted one)")
     train.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides")
 
@@ -58,7 +61,7 @@ def run_train(arguments) -> None:
     if arguments.run and Path(arguments.run, "config.toml").is_file() and not arguments.experiment:
         config = load_run_config(Path(arguments.run), arguments.set)  # resume a named run with its own config
     else:
-        config = load_config(arguments.experiment, arguments.set)
+        config = load_config(arguments.experiment or DEFAULT_EXPERIMENT, arguments.set)
     run_dir = Path(arguments.run) if arguments.run else (unfinished_run_with_config(config) or new_run_dir(config))
     train(config, run_dir)
 

@@ -41,6 +41,21 @@ class DataConfig:
     shapes_test_size: int = 500
     # Shapes generator only: base seed; each split derives its own seed from it.
     shapes_seed: int = 1234
+    # Karpathy's split file (dataset_flickr8k.json, dataset_flickr30k.json, dataset_coco.json),
+    # relative to root unless absolute. Empty by default so each source keeps its own
+    # split: flickr8k's split files, the sorted-name rule for flickr30k, coco's train/val
+    # files (no test). The "karpathy" source then uses the one dataset_*.json under root.
+    karpathy_file: str = ""
+    # Images folder relative to root. Empty by default: each source looks for the folder
+    # its release unpacks to (Flicker8k_Dataset, Images, flickr30k_images, ...) and takes
+    # the one that holds the named images. coco ignores it: its annotations name the folder.
+    images_dir: str = ""
+    # csv source only: the caption table (image,caption[,split]), relative to root; the
+    # name the csv source's documentation uses.
+    csv_file: str = "captions.csv"
+    # coco only: which annotations to read (2014 or 2017). 0 picks the year present under
+    # root, and 2014 when both are: the images Karpathy's split and most papers use.
+    coco_year: int = 0
 
 
 @dataclasses.dataclass
@@ -185,11 +200,19 @@ def parse_override(text: str) -> tuple[str, str, object]:
         raise ConfigError(f"override '{text}' must look like section.field=value, e.g. decoder.units=256")
     key, raw_value = text.split("=", 1)
     section_name, field_name = key.strip().split(".", 1)
+    raw_value = raw_value.strip()
     try:
-        value = tomllib.loads(f"value = {raw_value.strip()}")["value"]
+        value = tomllib.loads(f"value = {raw_value}")["value"]
     except tomllib.TOMLDecodeError:
-        value = raw_value.strip()  # a bare word such as gru or a path
+        value = raw_value  # a bare word such as gru or a path
+    if _is_text_field(section_name, field_name) and not isinstance(value, str):
+        value = raw_value  # data.root=2024 names a folder, not a number
     return section_name, field_name, value
+
+
+def _is_text_field(section_name: str, field_name: str) -> bool:
+    section_type = _section_types().get(section_name)
+    return section_type is not None and typing.get_type_hints(section_type).get(field_name) is str
 
 
 def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from captioning.config import DecoderConfig
+from captioning.config import ConfigError, DecoderConfig
 
 CELLS = {"lstm": layers.LSTM, "gru": layers.GRU}
 STATES_PER_CELL = {"lstm": 2, "gru": 1}  # LSTM carries (hidden, cell), GRU only hidden
@@ -33,9 +33,9 @@ class RNNDecoder(keras.Model):
     def __init__(self, vocab_size, embedding_dim=256, units=512, cell="lstm", dropout=0.3, image_pooling="mean", **kwargs):
         super().__init__(**kwargs)
         if cell not in CELLS:
-            raise ValueError(f"unknown decoder cell '{cell}'; valid: {', '.join(CELLS)}")
+            raise ConfigError(f"unknown decoder cell '{cell}' (decoder.cell); valid: {', '.join(CELLS)}")
         if image_pooling not in IMAGE_POOLINGS:
-            raise ValueError(f"unknown image_pooling '{image_pooling}'; valid: {', '.join(IMAGE_POOLINGS)}")
+            raise ConfigError(f"unknown image_pooling '{image_pooling}' (decoder.image_pooling); valid: {', '.join(IMAGE_POOLINGS)}")
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units

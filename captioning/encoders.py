@@ -18,7 +18,7 @@ from typing import Callable
 import keras
 from keras import layers, ops
 
-from captioning.config import EncoderConfig
+from captioning.config import ConfigError, EncoderConfig
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
 
@@ -38,9 +38,9 @@ class ConvStack(layers.Layer):
     def __init__(self, filters=(32, 64, 128, 256), kernel_size=3, batch_norm=True, activation="relu", **kwargs):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown encoder activation '{activation}'; valid: {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"unknown encoder activation '{activation}' (encoder.activation); valid: {', '.join(ACTIVATIONS)}")
         if not filters:
-            raise ValueError("conv_stack needs at least one block (encoder.filters is empty)")
+            raise ConfigError("conv_stack needs at least one block (encoder.filters is empty)")
         self.filters = list(filters)
         self.kernel_size = kernel_size
         self.batch_norm = batch_norm
@@ -120,7 +120,7 @@ class PretrainedBackbone(layers.Layer):
                  fine_tune_last_block=False, **kwargs):
         super().__init__(**kwargs)
         if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
+            raise ConfigError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
         self.backbone = backbone
         self.image_shape = tuple(image_shape)
         self.weights_source = weights
@@ -202,7 +202,7 @@ def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = Tr
     weights file restores them).
     """
     if config.name not in ENCODERS:
-        raise ValueError(f"unknown encoder '{config.name}'; valid: {', '.join(ENCODERS)}")
+        raise ConfigError(f"unknown encoder '{config.name}' (encoder.name); valid: {', '.join(ENCODERS)}")
     return ENCODERS[config.name](config, tuple(image_shape), load_pretrained)
 
 
@@ -212,4 +212,4 @@ def normalization_for(config: EncoderConfig) -> str:
         return "unit"
     if config.name in BACKBONES:
         return BACKBONES[config.name].normalization
-    raise ValueError(f"unknown encoder '{config.name}'; valid: {', '.join(ENCODERS)}")
+    raise ConfigError(f"unknown encoder '{config.name}' (encoder.name); valid: {', '.join(ENCODERS)}")

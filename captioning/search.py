@@ -12,6 +12,7 @@ import keras_hub
 import tensorflow as tf
 from keras import ops
 
+from captioning.config import ConfigError
 from captioning.vocabulary import END_ID, PAD_ID, START_ID
 
 SAMPLERS = {"greedy": keras_hub.samplers.GreedySampler}
@@ -19,7 +20,7 @@ SAMPLERS = {"greedy": keras_hub.samplers.GreedySampler}
 
 def build_sampler(name: str):
     if name not in SAMPLERS:
-        raise ValueError(f"unknown generation.sampler '{name}'; valid: {', '.join(SAMPLERS)}")
+        raise ConfigError(f"unknown generation.sampler '{name}'; valid: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]()
 
 

@@ -15,6 +15,7 @@ from captioning.encoders import normalization_for
 from captioning.evaluate import evaluate_captioner, format_metrics, write_results
 from captioning.files import write_text
 from captioning.model import build_model, masked_loss
+from captioning.plots import plot_training_curves
 from captioning.pipeline import ImageReader, training_dataset
 from captioning.runs import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
                              RunError, config_differences, load_run_config)
@@ -79,6 +80,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
             model.fit(train_dataset, validation_data=validation_dataset, epochs=config.training.epochs,
                       initial_epoch=initial_epoch, callbacks=[checkpoint], verbose=verbose, shuffle=False)
     training_seconds = time.time() - started
+    plot_training_curves(checkpoint.state["history"], run_dir / "training_curves.png", title=config.name)
 
     captioner = Captioner.from_run(run_dir)
     metrics, rows = evaluate_captioner(captioner, "test")

@@ -212,7 +212,7 @@ def test_a_section_that_is_not_a_table_is_an_error(tmp_path):
         ("encoder.filters=8", "encoder.filters"),  # scalar for a list
         ('encoder.filters=[1,"a"]', "encoder.filters[1]"),  # the bad item is named
         ("encoder.filters=[1,true]", "encoder.filters[1]"),
-        ("decoder.cell=3", "decoder.cell"),  # int for a string
+        ("decoder.units=\"many\"", "decoder.units"),  # string for an int
     ],
 )
 def test_wrong_type_is_a_config_error_naming_the_key(override, key):
@@ -330,3 +330,8 @@ def test_shipped_experiment_loads_and_round_trips(path, tmp_path):
     assert config.name == path.stem
     assert set(changed_keys(config)) - {"name"}, f"{path.name} changes nothing from the defaults"
     assert to_dict(round_trip(config, tmp_path)) == to_dict(config)
+
+
+def test_unquoted_number_for_a_text_field_is_kept_as_text():
+    config = load_config(None, ["data.root=2024"])
+    assert config.data.root == "2024"

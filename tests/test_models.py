@@ -77,9 +77,9 @@ def test_conv_stack_activation_is_a_config_choice(activation):
 
 
 def test_unknown_encoder_and_activation_are_errors_listing_valid_names():
-    with pytest.raises(ValueError, match="unknown encoder 'resnet9'.*conv_stack.*vgg16"):
+    with pytest.raises(ValueError, match="unknown encoder 'resnet9' .encoder.name.; valid: conv_stack.*vgg16"):
         build_encoder(EncoderConfig(name="resnet9"), IMAGE_SHAPE)
-    with pytest.raises(ValueError, match="unknown encoder activation 'swishy'.*leaky_relu"):
+    with pytest.raises(ValueError, match="unknown encoder activation 'swishy' .encoder.activation..*leaky_relu"):
         build_encoder(EncoderConfig(activation="swishy"), IMAGE_SHAPE)
 
 
@@ -181,7 +181,7 @@ def test_every_decoder_weight_gets_a_gradient(cell):
 
 
 def test_decoder_rejects_unknown_cell_and_pooling():
-    with pytest.raises(ValueError, match="unknown decoder cell 'rnn'.*lstm, gru"):
+    with pytest.raises(ValueError, match="unknown decoder cell 'rnn' .decoder.cell..*lstm, gru"):
         make_decoder("rnn")
-    with pytest.raises(ValueError, match="unknown image_pooling 'max'.*mean.*flatten"):
+    with pytest.raises(ValueError, match="unknown image_pooling 'max' .decoder.image_pooling..*mean.*flatten"):
         make_decoder("gru", pooling="max")

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from PIL import Image
 
 from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import to_dict
@@ -24,6 +25,8 @@ def read_history(run_dir):
 def test_tiny_run_writes_config_vocabulary_weights_history_and_metrics(trained_run, tiny_data_root):
     for name in ["config.toml", "vocabulary.json", "model.weights.h5", "history.csv", "metrics.json", "captions_test.csv"]:
         assert (trained_run / name).is_file(), name
+    with Image.open(trained_run / "training_curves.png") as plot:
+        assert plot.format == "PNG" and plot.size == (600, 400)
     assert to_dict(load_run_config(trained_run)) == to_dict(tiny_config(tiny_data_root))
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
@@ -82,3 +85,12 @@ def test_early_stopping_state_survives(tmp_path):
     epochs_done = state["epochs_done"]
     train(config, run_dir, verbose=0)
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["epochs_done"] == epochs_done
+
+
+def test_captions_depend_on_the_image(tmp_path):
+    """The learning test: a short training run already scores far better on the real
+    images than on shuffled ones (the decoder alone only knows the templates)."""
+    config = tiny_config(tmp_path, "data.shapes_train_size=600", "data.shapes_test_size=100", "training.epochs=6",
+                         "training.batch_size=32", "decoder.units=64", "training.learning_rate=0.003")
+    metrics = train(config, tmp_path / "run", verbose=0)
+    assert metrics["bleu_4"] > metrics["bleu_4_shuffled_images"] + 0.1, metrics

@@ -126,6 +126,11 @@ def load_split(data_config, split: str) -> list[CaptionedImage]:
     return captioned_images
 
 
-from captioning.datasets import shapes  # noqa: E402  (needs the names defined above)
+from captioning.datasets import coco, csv_source, flickr, karpathy, shapes  # noqa: E402  (needs the names defined above)
 
 DATASETS["shapes"] = shapes.load_split
+DATASETS["flickr8k"] = flickr.load_flickr8k_split
+DATASETS["flickr30k"] = flickr.load_flickr30k_split
+DATASETS["coco"] = coco.load_split
+DATASETS["karpathy"] = karpathy.load_split
+DATASETS["csv"] = csv_source.load_split
