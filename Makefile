@@ -2,7 +2,7 @@
 # pyproject.toml first (again whenever pyproject.toml changes), so a fresh clone needs
 # nothing installed by hand.
 #
-#   make train [EXPERIMENT=file, default experiments/shapes_conv_lstm.toml] [RUN=dir] [SET="section.field=value ..."]
+#   make train [EXPERIMENT=file, default experiments/shapes_conv_gru.toml] [RUN=dir] [SET="section.field=value ..."]
 #   make caption IMG=path [RUN=dir]
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json]
 #   make test

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -36,7 +37,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.history_path = Path(history_path)
         self.patience = patience
         self.state = {"epochs_done": 0, "best_val_loss": None, "best_epoch": 0, "epochs_without_improvement": 0,
-                      "stopped_early": False, "weights_file": None, "history": []}
+                      "stopped_early": False, "weights_file": None, "history": [], "training_seconds": 0.0}
 
     @property
     def state_path(self) -> Path:
@@ -59,8 +60,12 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def finished(self) -> bool:
         return self.state["stopped_early"]
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.time()
+
     def on_epoch_end(self, epoch, logs=None):
         logs = {name: float(value) for name, value in (logs or {}).items()}
+        self.state["training_seconds"] += time.time() - self._epoch_started
         weights_file = f"epoch-{epoch + 1:03d}.weights.h5"
         with atomic_path(self.checkpoint_dir / weights_file) as temporary:
             self.model.save_weights(temporary)

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "shapes_conv_lstm.toml"
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "shapes_conv_gru.toml"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter hides our output
 
@@ -83,8 +83,11 @@ def run_evaluate(arguments) -> None:
     from captioning.evaluate import evaluate_captioner, format_metrics, write_results
     from captioning.runs import latest_run
 
+    from captioning.splits import check_evaluation_split
+
     run_dir = Path(arguments.run) if arguments.run else latest_run()
     captioner = Captioner.from_run(run_dir, arguments.set)
+    check_evaluation_split(captioner.config, arguments.split)
     metrics, rows = evaluate_captioner(captioner, arguments.split)
     metrics["run"] = str(run_dir)
     name = f"evaluation_{arguments.split}" + ("_overridden" if arguments.set else "")

@@ -66,13 +66,16 @@ class ImagesConfig:
     y_size: int = 512
     # Normalized arrays are cached here, keyed by file content, size and normalization.
     cache_dir: str = "data/cache/images"
+    # A frozen encoder's features are computed once per split and kept here.
+    feature_cache_dir: str = "data/cache/features"
     # Turn the on-disk cache off to measure raw decoding speed.
     cache: bool = True
 
 
 @dataclasses.dataclass
 class EncoderConfig:
-    # Registry name: "conv_stack" (trained from scratch) or "vgg16" (pretrained backbone).
+    # Registry name: "conv_stack" (trained from scratch) or a pretrained backbone:
+    # "vgg16", "mobilenet", "resnet50", "inception_v3", "efficientnet_b0".
     name: str = "conv_stack"
     # conv_stack: output channels of each Conv2D -> activation -> MaxPool block.
     filters: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256])
@@ -90,6 +93,8 @@ class EncoderConfig:
     trainable: bool = False
     # Pretrained backbones: unfreeze the last convolutional block (fine-tuning).
     fine_tune_last_block: bool = False
+    # MobileNet only: width multiplier; 0.75 matches the ImageNet weights shipped offline here.
+    alpha: float = 1.0
 
 
 @dataclasses.dataclass
@@ -126,6 +131,13 @@ class TrainingConfig:
     patience: int = 3
     # Seeds Python, NumPy, TensorFlow and Keras so a run repeats.
     seed: int = 0
+    # Which images decide early stopping and the best epoch: "val", or "train_tail" (the
+    # last holdout_images of the train split, held out from training) for a copy whose
+    # only other split is the one being reported (the shared Flickr8k has train and dev).
+    early_stopping_split: str = "val"
+    holdout_images: int = 500
+    # The split `make train` reports; never the early-stopping or training split.
+    evaluation_split: str = "test"
     # Limit the training images (0 = all): quick experiments and tests.
     max_train_images: int = 0
     # Limit the evaluated images (0 = all).

@@ -5,7 +5,9 @@ A registry maps ``encoder.name`` to a builder, so one test covers every encoder:
     encoder = build_encoder(config.encoder, image_shape=(64, 64, 3))
     features = encoder(images)  # (batch, 16, 256) for four pooling blocks on 64 px
 
-Each encoder also names the normalization the image loader must apply
+Pretrained backbones (``vgg16``, ``mobilenet``, ``resnet50``, ``inception_v3``,
+``efficientnet_b0``) share one code path: weights "imagenet", a local file or "none";
+frozen, fully trainable, or with the last block fine-tuned. Each encoder also names the normalization the image loader must apply
 (``normalization_for(config.encoder)``).
 """
 
@@ -93,16 +95,42 @@ class Backbone:
 
     constructor: Callable
     normalization: str  # the images.py scheme matching the backbone's preprocess_input
-    last_block_prefix: str  # layer-name prefix of the block unfrozen by fine_tune_last_block
+    last_block_start: str  # fine_tune_last_block unfreezes this layer and every layer after it
     weights_file_hint: str  # the file keras downloads for weights="imagenet"
+    takes_alpha: bool = False  # MobileNet's width multiplier (encoder.alpha)
 
 
 BACKBONES = {
     "vgg16": Backbone(
         constructor=keras.applications.VGG16,
         normalization="vgg16",
-        last_block_prefix="block5_",
+        last_block_start="block5_conv1",
         weights_file_hint="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "mobilenet": Backbone(
+        constructor=keras.applications.MobileNet,
+        normalization="minus_one_to_one",
+        last_block_start="conv_dw_13",
+        weights_file_hint="mobilenet_<alpha>_<size>_tf_no_top.h5",
+        takes_alpha=True,
+    ),
+    "resnet50": Backbone(
+        constructor=keras.applications.ResNet50,
+        normalization="vgg16",  # ResNet50 uses the same caffe-style preprocessing as VGG16
+        last_block_start="conv5_block1_1_conv",
+        weights_file_hint="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "inception_v3": Backbone(
+        constructor=keras.applications.InceptionV3,
+        normalization="minus_one_to_one",
+        last_block_start="mixed9",
+        weights_file_hint="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "efficientnet_b0": Backbone(
+        constructor=keras.applications.EfficientNetB0,
+        normalization="none",  # EfficientNet rescales 0..255 inputs itself
+        last_block_start="block7a_expand_conv",
+        weights_file_hint="efficientnetb0_notop.h5",
     ),
 }
 
@@ -117,7 +145,7 @@ class PretrainedBackbone(layers.Layer):
     """
 
     def __init__(self, backbone="vgg16", image_shape=(224, 224, 3), weights="imagenet", trainable_backbone=False,
-                 fine_tune_last_block=False, **kwargs):
+                 fine_tune_last_block=False, alpha=1.0, **kwargs):
         super().__init__(**kwargs)
         if backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
@@ -126,12 +154,18 @@ class PretrainedBackbone(layers.Layer):
         self.weights_source = weights
         self.trainable_backbone = trainable_backbone
         self.fine_tune_last_block = fine_tune_last_block
+        self.alpha = alpha
         spec = BACKBONES[backbone]
-        self.network = _construct_backbone(spec, backbone, self.image_shape, weights)
+        options = {"alpha": alpha} if spec.takes_alpha else {}
+        self.network = _construct_backbone(spec, backbone, self.image_shape, weights, options)
         self.network.trainable = trainable_backbone or fine_tune_last_block
         if fine_tune_last_block and not trainable_backbone:
-            for layer in self.network.layers:
-                layer.trainable = layer.name.startswith(spec.last_block_prefix)
+            names = [layer.name for layer in self.network.layers]
+            if spec.last_block_start not in names:
+                raise ConfigError(f"{backbone} has no layer '{spec.last_block_start}' to start fine-tuning from")
+            first_trainable = names.index(spec.last_block_start)
+            for index, layer in enumerate(self.network.layers):
+                layer.trainable = index >= first_trainable
 
     def call(self, images, training=None):
         # A frozen backbone always runs in inference mode (batch norm statistics stay put).
@@ -152,11 +186,12 @@ class PretrainedBackbone(layers.Layer):
             "weights": self.weights_source,
             "trainable_backbone": self.trainable_backbone,
             "fine_tune_last_block": self.fine_tune_last_block,
+            "alpha": self.alpha,
         }
 
 
-def _construct_backbone(spec: Backbone, name: str, image_shape, weights: str):
-    common = {"include_top": False, "input_shape": image_shape}
+def _construct_backbone(spec: Backbone, name: str, image_shape, weights: str, options: dict):
+    common = {"include_top": False, "input_shape": image_shape, **options}
     if weights in ("none", "", None):
         return spec.constructor(weights=None, **common)
     if weights == "imagenet":
@@ -188,7 +223,8 @@ def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool):
     return PretrainedBackbone(
         backbone=config.name, image_shape=image_shape,
         weights=config.weights if load_pretrained else "none",
-        trainable_backbone=config.trainable, fine_tune_last_block=config.fine_tune_last_block, name="encoder",
+        trainable_backbone=config.trainable, fine_tune_last_block=config.fine_tune_last_block, alpha=config.alpha,
+        name="encoder",
     )
 
 

@@ -1,4 +1,4 @@
-"""Scores a run's captions on a split: BLEU-1..4 and BLEU-4 with shuffled images."""
+"""Scores a run's captions on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, and BLEU-4 with shuffled images."""
 
 from __future__ import annotations
 
@@ -7,18 +7,28 @@ import io
 from pathlib import Path
 
 from captioning.captioner import Captioner
+from captioning.coco_metrics import coco_caption_scores
 from captioning.datasets import CaptionedImage, load_split
 from captioning.files import write_json, write_text
 from captioning.metrics import bleu_scores, shuffled_image_bleu_4
 
 
 def score_captions(examples: list[CaptionedImage], hypotheses: list[str], split: str) -> dict:
+    """metrics.json: BLEU-1..4 (nltk), METEOR, ROUGE-L and CIDEr-D (pycocoevalcap), BLEU-4 with shuffled images.
+
+    ``meteor`` is None when Java is missing or fails; ``unavailable`` then names it and says why.
+    """
     references = [list(example.captions) for example in examples]
+    coco = coco_caption_scores(references, hypotheses)
     return {
         "split": split,
         "images": len(examples),
         **bleu_scores(references, hypotheses),
+        "meteor": coco["meteor"],
+        "rouge_l": coco["rouge_l"],
+        "cider": coco["cider"],
         "bleu_4_shuffled_images": shuffled_image_bleu_4(references, hypotheses),
+        "unavailable": coco["unavailable"],
     }
 
 
@@ -45,6 +55,13 @@ def write_results(metrics: dict, rows: list[dict], metrics_path: Path, captions_
 
 
 def format_metrics(metrics: dict) -> str:
-    names = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images"]
-    header = f"{metrics['split']} split, {metrics['images']} images"
-    return header + "\n" + "\n".join(f"  {name:<24} {metrics[name]:.4f}" for name in names)
+    names = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "bleu_4_shuffled_images"]
+    reasons = {entry["metric"]: entry["reason"] for entry in metrics.get("unavailable", [])}
+    lines = [f"{metrics['split']} split, {metrics['images']} images"]
+    for name in names:
+        value = metrics[name]
+        if value is None:
+            lines.append(f"  {name:<24} unavailable ({reasons.get(name, 'not computed')})")
+        else:
+            lines.append(f"  {name:<24} {value:.4f}")
+    return "\n".join(lines)

@@ -5,6 +5,9 @@ than a-z, 0-9 and whitespace replaced by a space, split on whitespace. Hypothese
 references go through the same function. No smoothing: this is the corpus-level BLEU of
 Papineni et al. as nltk's ``corpus_bleu`` computes it (brevity penalty over the corpus,
 closest reference length).
+
+CIDEr-D, METEOR and ROUGE-L come from pycocoevalcap, in ``coco_metrics.py``;
+tests/test_coco_metrics.py checks this BLEU against pycocoevalcap's.
 """
 
 from __future__ import annotations

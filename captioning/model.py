@@ -20,6 +20,8 @@ class CaptionModel(keras.Model):
     """inputs: {"images": (batch, height, width, 3), "captions": (batch, captions, length) int32}.
 
     Returns logits (batch, captions, length, vocab_size); position t predicts token t + 1.
+    With ``encoder=None`` the model trains on cached features instead:
+    inputs["features"] is (batch, regions, channels).
     """
 
     def __init__(self, encoder, decoder, **kwargs):
@@ -28,8 +30,11 @@ class CaptionModel(keras.Model):
         self.decoder = decoder
 
     def call(self, inputs, training=None):
-        images, captions = inputs["images"], inputs["captions"]
-        features = self.encoder(images, training=training)  # (batch, regions, channels)
+        captions = inputs["captions"]
+        if self.encoder is None:
+            features = inputs["features"]  # (batch, regions, channels), precomputed
+        else:
+            features = self.encoder(inputs["images"], training=training)  # (batch, regions, channels)
         captions_per_image, length = ops.shape(captions)[1], ops.shape(captions)[2]
         features = ops.repeat(features, captions_per_image, axis=0)  # (batch * captions, regions, channels)
         token_ids = ops.reshape(captions, (-1, length))  # (batch * captions, length)
@@ -39,14 +44,15 @@ class CaptionModel(keras.Model):
     def get_config(self):
         return {
             **super().get_config(),
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "encoder": None if self.encoder is None else keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        encoder_config = config.pop("encoder")
+        encoder = None if encoder_config is None else keras.saving.deserialize_keras_object(encoder_config)
         decoder = keras.saving.deserialize_keras_object(config.pop("decoder"))
         return cls(encoder, decoder, **config)
 
@@ -60,10 +66,14 @@ def build_model(config: ExperimentConfig, vocab_size: int, load_pretrained: bool
     encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=load_pretrained)
     decoder = build_decoder(config.decoder, vocab_size)
     model = CaptionModel(encoder, decoder, name="caption_model")
-    model({
-        "images": ops.zeros((1, *image_shape(config))),
-        "captions": ops.zeros((1, 1, 2), dtype="int32"),
-    })
+    model({"images": ops.zeros((1, *image_shape(config))), "captions": ops.zeros((1, 1, 2), dtype="int32")})
+    return model
+
+
+def build_feature_model(config: ExperimentConfig, vocab_size: int, feature_shape: tuple[int, int]) -> CaptionModel:
+    """The decoder alone, trained on cached features of shape (regions, channels)."""
+    model = CaptionModel(None, build_decoder(config.decoder, vocab_size), name="caption_model")
+    model({"features": ops.zeros((1, *feature_shape)), "captions": ops.zeros((1, 1, 2), dtype="int32")})
     return model
 
 

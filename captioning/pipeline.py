@@ -87,3 +87,24 @@ def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, rea
         return {"images": image, "captions": caption_tokens[:, :-1]}, caption_tokens[:, 1:]
 
     return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Batches of cached features: ({"features": (batch, regions, channels), "captions": (batch, C, length - 1)}, targets).
+
+    features: (images, regions, channels) float16, usually memory-mapped; tokens: (images, C, length).
+    """
+    dataset = tf.data.Dataset.range(len(features))
+    if shuffle:
+        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+
+    def gather(indices):
+        return np.asarray(features[indices], dtype=np.float32), tokens[indices]
+
+    def read(indices):
+        batch_features, batch_tokens = tf.numpy_function(gather, [indices], (tf.float32, tf.int32))
+        batch_features = tf.ensure_shape(batch_features, (None, *features.shape[1:]))
+        batch_tokens = tf.ensure_shape(batch_tokens, (None, *tokens.shape[1:]))
+        return {"features": batch_features, "captions": batch_tokens[:, :, :-1]}, batch_tokens[:, :, 1:]
+
+    return dataset.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

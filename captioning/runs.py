@@ -1,12 +1,12 @@
 """Run directories: where a training run keeps its config, vocabulary, weights and results.
 
-    runs/20261127-101500-shapes_conv_lstm/
+    runs/20261127-101500-shapes_conv_gru/
       config.toml            the resolved config (defaults + experiment + overrides)
       vocabulary.json        token list
       model.weights.h5       best weights (lowest validation loss)
       checkpoint/            last finished epoch: weights + optimizer state + progress
       history.csv            loss and validation loss per epoch
-      metrics.json           BLEU-1..4 on the test split, and with shuffled images
+      metrics.json           BLEU-1..4, METEOR, ROUGE-L, CIDEr-D on the test split; BLEU-4 with shuffled images
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""train(config, run_dir): data -> vocabulary -> model -> fit (resumable) -> test BLEU."""
+"""train(config, run_dir): data -> vocabulary -> model -> fit (resumable) -> BLEU on the held-out split.
+
+A frozen pretrained encoder is run once per split into the feature cache and the decoder
+trains on those features; any other encoder trains end to end on images. Either way the
+run directory ends with one full model (encoder + decoder) that captions images.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,24 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from captioning.captioner import Captioner
 from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import ExperimentConfig, to_toml
-from captioning.datasets import load_split
-from captioning.encoders import normalization_for
+from captioning.encoders import build_encoder, normalization_for
 from captioning.evaluate import evaluate_captioner, format_metrics, write_results
-from captioning.files import write_text
-from captioning.model import build_model, masked_loss
+from captioning.features import FeatureCache, encoder_is_frozen
+from captioning.files import atomic_path, write_text
+from captioning.model import build_feature_model, build_model, image_shape, masked_loss
+from captioning.pipeline import ImageReader, caption_array, feature_dataset, image_dataset, training_dataset
 from captioning.plots import plot_training_curves
-from captioning.pipeline import ImageReader, training_dataset
 from captioning.runs import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
                              RunError, config_differences, load_run_config)
+from captioning.splits import check_splits, training_and_stopping_examples
 from captioning.vocabulary import Vocabulary
+
+BEST_WEIGHTS_FILE = "best.weights.h5"  # inside checkpoint/: the training model's best epoch
 
 
 def prepare_run_dir(config: ExperimentConfig, run_dir: Path) -> None:
@@ -43,49 +52,85 @@ def load_or_build_vocabulary(run_dir: Path, captions: list[str], min_count: int)
     return vocabulary
 
 
+def cached_features(config: ExperimentConfig, examples, reader: ImageReader, label: str) -> np.ndarray:
+    """(images, regions, channels) float16 features of a frozen encoder, from the feature cache."""
+    encoder = build_encoder(config.encoder, image_shape(config))
+    batch_size = config.training.batch_size
+
+    def encode_batches(paths):
+        with reader.reporting_errors():
+            for images in image_dataset(paths, reader, batch_size):
+                yield encoder(images, training=False)  # (batch, regions, channels)
+
+    return FeatureCache(config.images.feature_cache_dir).features(
+        [example.image_path for example in examples], config.encoder, config.images, reader.normalization,
+        encode_batches, batch_size, label=label,
+    )
+
+
+def export_model(config: ExperimentConfig, trained_model, vocabulary: Vocabulary, path: Path) -> None:
+    """Saves encoder + decoder weights; a decoder trained on cached features gets its encoder back."""
+    if trained_model.encoder is None:
+        full_model = build_model(config, vocabulary.size)
+        full_model.decoder.set_weights(trained_model.decoder.get_weights())
+    else:
+        full_model = trained_model
+    with atomic_path(path) as temporary:
+        full_model.save_weights(temporary)
+
+
 def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "auto") -> dict:
-    """Trains (or resumes) the run in ``run_dir`` and returns its test-split metrics."""
+    """Trains (or resumes) the run in ``run_dir`` and returns its metrics on the evaluation split."""
     run_dir = Path(run_dir)
+    check_splits(config)
     prepare_run_dir(config, run_dir)
     keras.utils.set_random_seed(config.training.seed)
 
-    train_examples = load_split(config.data, "train")
-    if config.training.max_train_images:
-        train_examples = train_examples[: config.training.max_train_images]
-    validation_examples = load_split(config.data, "val")
-    if config.training.max_eval_images:
-        validation_examples = validation_examples[: config.training.max_eval_images]
+    train_examples, stopping_examples = training_and_stopping_examples(config)
     vocabulary = load_or_build_vocabulary(
         run_dir, [caption for example in train_examples for caption in example.captions], config.decoder.min_word_count
     )
-    print(f"run {run_dir}: {len(train_examples)} training images, vocabulary of {vocabulary.size} tokens")
+    print(f"run {run_dir}: {len(train_examples)} training images, {len(stopping_examples)} for early stopping, "
+          f"vocabulary of {vocabulary.size} tokens")
 
     reader = ImageReader(config.images, normalization_for(config.encoder))
-    dataset_options = dict(vocabulary=vocabulary, reader=reader, captions_per_image=config.data.captions_per_image,
-                           length=config.decoder.max_length, batch_size=config.training.batch_size,
-                           seed=config.training.seed)
-    train_dataset = training_dataset(train_examples, shuffle=True, **dataset_options)
-    validation_dataset = training_dataset(validation_examples, shuffle=False, **dataset_options)
+    captions_per_image, length = config.data.captions_per_image, config.decoder.max_length
+    batch_size, seed = config.training.batch_size, config.training.seed
+    if encoder_is_frozen(config.encoder):
+        datasets = []
+        for label, examples, shuffle in [("train", train_examples, True), ("early stopping", stopping_examples, False)]:
+            features = cached_features(config, examples, reader, label)  # (images, regions, channels)
+            tokens = caption_array(examples, vocabulary, captions_per_image, length)
+            datasets.append(feature_dataset(features, tokens, batch_size, shuffle=shuffle, seed=seed))
+        train_dataset, stopping_dataset = datasets
+        model = build_feature_model(config, vocabulary.size, features.shape[1:])
+    else:
+        options = dict(vocabulary=vocabulary, reader=reader, captions_per_image=captions_per_image, length=length,
+                       batch_size=batch_size, seed=seed)
+        train_dataset = training_dataset(train_examples, shuffle=True, **options)
+        stopping_dataset = training_dataset(stopping_examples, shuffle=False, **options)
+        model = build_model(config, vocabulary.size)
 
-    model = build_model(config, vocabulary.size)
     model.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=5.0), loss=masked_loss())
-    checkpoint = TrainingCheckpoint(run_dir / CHECKPOINT_DIR, run_dir / WEIGHTS_FILE, run_dir / HISTORY_FILE,
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    checkpoint = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, run_dir / HISTORY_FILE,
                                     patience=config.training.patience)
     initial_epoch = checkpoint.restore(model)
     if initial_epoch:
         print(f"resuming {run_dir} after epoch {initial_epoch}")
-    started = time.time()
     if initial_epoch < config.training.epochs and not checkpoint.finished:
         with reader.reporting_errors():
-            model.fit(train_dataset, validation_data=validation_dataset, epochs=config.training.epochs,
+            model.fit(train_dataset, validation_data=stopping_dataset, epochs=config.training.epochs,
                       initial_epoch=initial_epoch, callbacks=[checkpoint], verbose=verbose, shuffle=False)
-    training_seconds = time.time() - started
+    model.load_weights(checkpoint_dir / BEST_WEIGHTS_FILE)
+    export_model(config, model, vocabulary, run_dir / WEIGHTS_FILE)
     plot_training_curves(checkpoint.state["history"], run_dir / "training_curves.png", title=config.name)
 
-    captioner = Captioner.from_run(run_dir)
-    metrics, rows = evaluate_captioner(captioner, "test")
+    split = config.training.evaluation_split
+    metrics, rows = evaluate_captioner(Captioner.from_run(run_dir), split)
     metrics.update(epochs=checkpoint.state["epochs_done"], best_epoch=checkpoint.state["best_epoch"],
-                   training_seconds=round(training_seconds, 1), parameters=int(model.count_params()))
-    write_results(metrics, rows, run_dir / METRICS_FILE, run_dir / "captions_test.csv")
+                   training_seconds=round(checkpoint.state["training_seconds"], 1),
+                   trainable_parameters=int(sum(np.prod(weight.shape) for weight in model.trainable_weights)))
+    write_results(metrics, rows, run_dir / METRICS_FILE, run_dir / f"captions_{split}.csv")
     print(format_metrics(metrics))
     return metrics

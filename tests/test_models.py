@@ -16,8 +16,17 @@ IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
 ENCODER_CONFIGS = {
     "conv_stack": EncoderConfig(name="conv_stack", filters=[4, 8], batch_norm=True),
     "vgg16": EncoderConfig(name="vgg16", weights="none", trainable=True),
+    "mobilenet": EncoderConfig(name="mobilenet", weights="none", trainable=True, alpha=0.25),
+    "resnet50": EncoderConfig(name="resnet50", weights="none", trainable=True),
+    "inception_v3": EncoderConfig(name="inception_v3", weights="none", trainable=True),
+    "efficientnet_b0": EncoderConfig(name="efficientnet_b0", weights="none", trainable=True),
 }
-EXPECTED_FEATURES = {"conv_stack": (8 * 12, 8), "vgg16": (1 * 1, 512)}
+# InceptionV3 needs at least 75 px; the others run on the small test image.
+ENCODER_IMAGE_SHAPES = {"inception_v3": (75, 96, 3)}
+EXPECTED_FEATURES = {
+    "conv_stack": (8 * 12, 8), "vgg16": (1 * 1, 512), "mobilenet": (1 * 1, 256), "resnet50": (1 * 2, 2048),
+    "inception_v3": (1 * 1, 2048), "efficientnet_b0": (1 * 2, 1280),
+}
 
 
 def test_every_registered_encoder_is_covered():
@@ -33,17 +42,21 @@ def random_images(batch=2, shape=IMAGE_SHAPE, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (batch, *shape)).astype("float32")
 
 
+def build_test_encoder(name):
+    shape = ENCODER_IMAGE_SHAPES.get(name, IMAGE_SHAPE)
+    return build_encoder(ENCODER_CONFIGS[name], shape), random_images(shape=shape)
+
+
 def test_encoder_output_is_a_region_grid(encoder_name):
-    encoder = build_encoder(ENCODER_CONFIGS[encoder_name], IMAGE_SHAPE)
-    features = encoder(random_images())
+    encoder, images = build_test_encoder(encoder_name)
+    features = encoder(images)
     assert tuple(features.shape) == (2, *EXPECTED_FEATURES[encoder_name])
-    assert tuple(encoder.compute_output_shape((2, *IMAGE_SHAPE))) == (2, *EXPECTED_FEATURES[encoder_name])
+    assert tuple(encoder.compute_output_shape(images.shape)) == (2, *EXPECTED_FEATURES[encoder_name])
     assert normalization_for(ENCODER_CONFIGS[encoder_name]) in NORMALIZATIONS
 
 
 def test_encoder_serialization_round_trip(encoder_name):
-    encoder = build_encoder(ENCODER_CONFIGS[encoder_name], IMAGE_SHAPE)
-    images = random_images()
+    encoder, images = build_test_encoder(encoder_name)
     expected = encoder(images, training=False)
     restored = encoder.__class__.from_config(encoder.get_config())
     restored(images)
@@ -53,11 +66,12 @@ def test_encoder_serialization_round_trip(encoder_name):
 
 
 def test_every_trainable_encoder_weight_gets_a_gradient(encoder_name):
-    encoder = build_encoder(ENCODER_CONFIGS[encoder_name], IMAGE_SHAPE)
-    images = tf.constant(random_images())
+    encoder, images = build_test_encoder(encoder_name)
+    images = tf.constant(images)
     encoder(images)
+    # Inference mode: EfficientNet's stochastic depth would skip whole blocks at random.
     with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(tf.square(encoder(images, training=True)))
+        loss = tf.reduce_mean(tf.square(encoder(images, training=encoder_name == "conv_stack")))
     gradients = tape.gradient(loss, encoder.trainable_weights)
     assert encoder.trainable_weights
     for weight, gradient in zip(encoder.trainable_weights, gradients):
@@ -90,7 +104,15 @@ def test_vgg16_is_frozen_by_default_and_can_fine_tune_only_the_last_block():
     last_block = build_encoder(EncoderConfig(name="vgg16", weights="none", fine_tune_last_block=True), IMAGE_SHAPE)
     last_block(random_images())
     names = [weight.path for weight in last_block.trainable_weights]
-    assert names and all("block5_" in name for name in names)
+    assert len(names) == 6 and all("block5_" in name for name in names)  # 3 convolutions: kernel + bias
+
+
+def test_mobilenet_fine_tunes_only_its_last_depthwise_block():
+    encoder = build_encoder(EncoderConfig(name="mobilenet", weights="none", alpha=0.25, fine_tune_last_block=True),
+                            IMAGE_SHAPE)
+    encoder(random_images())
+    names = {weight.path.split("/")[-2] for weight in encoder.trainable_weights}
+    assert names == {"conv_dw_13", "conv_dw_13_bn", "conv_pw_13", "conv_pw_13_bn"}
 
 
 def test_vgg16_loads_a_local_weights_file(tmp_path):

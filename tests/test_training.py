@@ -64,7 +64,7 @@ def test_interrupted_run_resumes_after_its_last_checkpoint(tmp_path, monkeypatch
     assert [row["epoch"] for row in read_history(run_dir)] == ["1", "2", "3"]
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     assert state["epochs_done"] == 3
-    assert sorted(path.name for path in (run_dir / "checkpoint").glob("*.weights.h5")) == ["epoch-003.weights.h5"]
+    assert sorted(path.name for path in (run_dir / "checkpoint").glob("epoch-*.weights.h5")) == ["epoch-003.weights.h5"]
     assert (run_dir / "metrics.json").is_file()
 
 
