@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from captioning.config import DataConfig
-from captioning.datasets import DATASETS, CaptionedImage, DatasetError, load_split, read_caption_csv
+from captioning.datasets import DATASETS, CaptionedImage, DatasetError, load_split
 from captioning.datasets import shapes
+from captioning.datasets.csv_source import read_caption_csv
 
 IMAGE_COUNT = 20
 IMAGE_SIZE = 128

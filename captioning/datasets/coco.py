@@ -20,11 +20,10 @@ follow the rule in ``csv_source``; ``data.images_dir`` is ignored.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from captioning.datasets import CaptionedImage, DatasetError
-from captioning.datasets.csv_source import captioned_split, shown_names
+from captioning.datasets.csv_source import captioned_split, read_json, shown_names
 from captioning.datasets.karpathy import karpathy_file, split_entries
 
 COCO_YEARS = (2014, 2017)  # in order of preference when both are present
@@ -70,13 +69,7 @@ def read_annotations(path: Path, folder: str, into: CocoCaptions) -> list[str]:
     file for a missing or non-JSON file, a missing key (with the entry), an empty caption,
     or captions of image ids that its images list lacks.
     """
-    if not path.is_file():
-        raise DatasetError(f"{path}: COCO caption annotations not found")
-    try:
-        with open(path, encoding="utf-8") as file:
-            data = json.load(file)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: not a JSON file: {error}") from None
+    data = read_json(path, "COCO caption annotations")
     if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list)):
         raise DatasetError(f"{path}: expected an object with 'images' and 'annotations' lists (COCO caption format)")
     names_by_id = {}

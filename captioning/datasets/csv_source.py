@@ -26,18 +26,23 @@ shared by flickr8k, flickr30k, coco and karpathy (they import them from here):
   1 % of the split's images are; more than 1 % raises DatasetError. Flickr8k's token file
   names one image that does not exist (``2258277193_586949ec62.jpg.1``); a partial download
   loses far more than 1 %, and should stop training rather than quietly change the data.
+
+The readers shared beyond the csv source also live here: ``read_caption_csv`` (a whole
+``image,caption`` table with every image on disk, as the shapes source writes it) and
+``read_json`` (coco and karpathy).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from captioning.datasets import MISSING_NAMES_SHOWN, SPLITS, CaptionedImage, DatasetError
+from captioning.datasets import SPLITS, CaptionedImage, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ HELD_OUT_IMAGES = 1000
 HELD_OUT_DIVISOR = 8
 # Largest fraction of a split's images that may be skipped with only a warning (see above).
 MAX_SKIPPED_FRACTION = 0.01
+# How many image names an error or warning lists before it stops.
+MISSING_NAMES_SHOWN = 5
 # Candidate images folders of the csv source, relative to root, tried in this order.
 IMAGES_DIR_CANDIDATES = (".", "images", "Images")
 # Names of a split tried when looking for the folder that holds its images.
@@ -63,14 +70,14 @@ class CaptionRow:
     split: str | None
 
 
-def read_caption_rows(csv_path: Path) -> list[CaptionRow]:
+def read_caption_rows(csv_path: Path, *, allow_empty: bool = False) -> list[CaptionRow]:
     """The rows of a CSV with header ``image,caption`` and an optional ``split`` column.
 
     Captions containing unquoted commas are kept whole: fields beyond the header's count are
     joined back into the caption (image names and splits contain no commas). Other columns
     are ignored. Raises DatasetError naming the file (and line) for a missing file, a header
     without image or caption, a short row, an empty image, caption or split, an unknown
-    split, or a table without rows.
+    split, or (unless ``allow_empty``) a table without rows.
     """
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: caption file not found")
@@ -97,7 +104,7 @@ def read_caption_rows(csv_path: Path) -> list[CaptionRow]:
         raise DatasetError(f"{csv_path}: not UTF-8 text: {error}") from None
     except csv.Error as error:
         raise DatasetError(f"{csv_path}: not a readable CSV file: {error}") from None
-    if not rows:
+    if not rows and not allow_empty:
         raise DatasetError(f"{csv_path}: no caption rows after the header")
     return rows
 
@@ -133,6 +140,42 @@ def captions_by_image(rows: Iterable[CaptionRow]) -> dict[str, list[str]]:
     for row in rows:
         captions.setdefault(row.image, []).append(row.caption)
     return captions
+
+
+def read_caption_csv(csv_path: str | Path, images_dir: str | Path) -> list[CaptionedImage]:
+    """Every image of a caption table, one ``CaptionedImage`` each; all must be on disk.
+
+    The table is read by ``read_caption_rows`` (a split column, if there is one, is checked
+    but not used). Images come back in the order of their first row, captions in row order;
+    image names are paths relative to ``images_dir``. Unlike ``captioned_split`` nothing is
+    skipped: raises DatasetError for the table's errors, or when images named in it are not
+    on disk (how many, and the first few names). A table without rows gives an empty list
+    (``load_split`` reports the empty split).
+    """
+    csv_path = Path(csv_path)
+    images_dir = Path(images_dir)
+    captions = captions_by_image(read_caption_rows(csv_path, allow_empty=True))
+    missing = [name for name in captions if not (images_dir / name).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{csv_path}: {len(missing)} of {len(captions)} images named in the file "
+            f"are missing from {images_dir}: {shown_names(missing)}"
+        )
+    return [CaptionedImage(image_path=str(images_dir / name), captions=tuple(captions[name])) for name in captions]
+
+
+def read_json(path: Path, what: str):
+    """The parsed content of a JSON file; ``what`` names the file in the not-found error.
+
+    Raises DatasetError naming the file when it is missing, not UTF-8 or not JSON.
+    """
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} not found")
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not a JSON file: {error}") from None
 
 
 def table_split_names(rows: Sequence[CaptionRow], split: str, csv_path: Path) -> list[str]:

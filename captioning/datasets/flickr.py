@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from captioning.datasets import CaptionedImage, DatasetError
 from captioning.datasets.csv_source import (
@@ -81,26 +82,23 @@ def read_token_file(path: Path) -> dict[str, list[str]]:
     Images come in the order of their first line. Blank lines are skipped. Raises
     DatasetError naming the file and line for a line without ``#N`` or tab, or an empty caption.
     """
-    numbered: dict[str, list[tuple[int, str]]] = {}
-    try:
-        with open(path, encoding="utf-8-sig") as file:
-            for line_number, line in enumerate(file, start=1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                key, tab, caption = line.partition("\t")
-                name, hash_sign, number = key.strip().rpartition("#")
-                if not (tab and hash_sign and name and number.isdigit()):
-                    raise DatasetError(f"{path}: line {line_number}: expected 'IMAGE#N<TAB>caption', got {line!r:.80}")
-                caption = caption.strip()
-                if not caption:
-                    raise DatasetError(f"{path}: line {line_number}: empty caption for image {name!r}")
-                numbered.setdefault(name, []).append((int(number), caption))
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}: not UTF-8 text: {error}") from None
-    if not numbered:
-        raise DatasetError(f"{path}: no captions")
-    return {name: [caption for _, caption in sorted(pairs, key=lambda pair: pair[0])] for name, pairs in numbered.items()}
+    return _captions_by_number(path, _token_file_captions(path), nothing_read="no captions")
+
+
+def _token_file_captions(path: Path) -> Iterator[tuple[str, int, str]]:
+    with open(path, encoding="utf-8-sig") as file:
+        for line_number, line in enumerate(file, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            key, tab, caption = line.partition("\t")
+            name, hash_sign, number = key.strip().rpartition("#")
+            if not (tab and hash_sign and name and number.isdigit()):
+                raise DatasetError(f"{path}: line {line_number}: expected 'IMAGE#N<TAB>caption', got {line!r:.80}")
+            caption = caption.strip()
+            if not caption:
+                raise DatasetError(f"{path}: line {line_number}: empty caption for image {name!r}")
+            yield name, int(number), caption
 
 
 def read_results_csv(path: Path) -> dict[str, list[str]]:
@@ -110,33 +108,49 @@ def read_results_csv(path: Path) -> dict[str, list[str]]:
     captions keep their quote characters). Raises DatasetError naming the file and line for
     a wrong header or a malformed row.
     """
+    return _captions_by_number(path, _results_csv_captions(path), nothing_read="no captions after the header")
+
+
+def _results_csv_captions(path: Path) -> Iterator[tuple[str, int, str]]:
+    with open(path, encoding="utf-8-sig") as file:
+        header = [field.strip() for field in file.readline().split("|")]
+        if header != FLICKR30K_RESULTS_CSV_HEADER:
+            raise DatasetError(
+                f"{path}: line 1: header {'|'.join(header)!r}; expected {'| '.join(FLICKR30K_RESULTS_CSV_HEADER)!r}"
+            )
+        for line_number, line in enumerate(file, start=2):
+            if not line.strip():
+                continue
+            fields = [field.strip() for field in line.split("|", 2)]
+            if len(fields) == 2 and (match := _NUMBER_THEN_CAPTION.fullmatch(fields[1])):
+                fields = [fields[0], match.group(1), match.group(2)]
+            if len(fields) != 3 or not fields[0] or not fields[1].isdigit():
+                raise DatasetError(
+                    f"{path}: line {line_number}: expected 'image_name| comment_number| comment', "
+                    f"got {line.strip()!r:.80}"
+                )
+            name, number, caption = fields
+            if not caption:
+                raise DatasetError(f"{path}: line {line_number}: empty caption for image {name!r}")
+            yield name, int(number), caption
+
+
+def _captions_by_number(
+    path: Path, numbered_captions: Iterable[tuple[str, int, str]], *, nothing_read: str
+) -> dict[str, list[str]]:
+    """Image name -> its captions sorted by number; images in the order they first appear.
+
+    numbered_captions: (image name, caption number, caption), read lazily from ``path``.
+    nothing_read: the error's wording when there are none ("no captions").
+    """
     numbered: dict[str, list[tuple[int, str]]] = {}
     try:
-        with open(path, encoding="utf-8-sig") as file:
-            header = [field.strip() for field in file.readline().split("|")]
-            if header != FLICKR30K_RESULTS_CSV_HEADER:
-                raise DatasetError(
-                    f"{path}: line 1: header {'|'.join(header)!r}; expected {'| '.join(FLICKR30K_RESULTS_CSV_HEADER)!r}"
-                )
-            for line_number, line in enumerate(file, start=2):
-                if not line.strip():
-                    continue
-                fields = [field.strip() for field in line.split("|", 2)]
-                if len(fields) == 2 and (match := _NUMBER_THEN_CAPTION.fullmatch(fields[1])):
-                    fields = [fields[0], match.group(1), match.group(2)]
-                if len(fields) != 3 or not fields[0] or not fields[1].isdigit():
-                    raise DatasetError(
-                        f"{path}: line {line_number}: expected 'image_name| comment_number| comment', "
-                        f"got {line.strip()!r:.80}"
-                    )
-                name, number, caption = fields
-                if not caption:
-                    raise DatasetError(f"{path}: line {line_number}: empty caption for image {name!r}")
-                numbered.setdefault(name, []).append((int(number), caption))
+        for name, number, caption in numbered_captions:
+            numbered.setdefault(name, []).append((number, caption))
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path}: not UTF-8 text: {error}") from None
     if not numbered:
-        raise DatasetError(f"{path}: no captions after the header")
+        raise DatasetError(f"{path}: {nothing_read}")
     return {name: [caption for _, caption in sorted(pairs, key=lambda pair: pair[0])] for name, pairs in numbered.items()}
 
 

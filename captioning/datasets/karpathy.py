@@ -28,11 +28,10 @@ keep their own captions.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from captioning.datasets import CaptionedImage, DatasetError
-from captioning.datasets.csv_source import captioned_split, find_images_dir
+from captioning.datasets.csv_source import captioned_split, find_images_dir, read_json
 
 # Karpathy split name -> ours.
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
@@ -78,13 +77,7 @@ def read_karpathy_file(path: Path) -> list[KarpathyEntry]:
     Raises DatasetError naming the file (and the entry, ``images[i]``) when it is missing,
     not JSON, lacks a key, has an unknown split, or names an image twice.
     """
-    if not path.is_file():
-        raise DatasetError(f"{path}: Karpathy split file not found (data.karpathy_file)")
-    try:
-        with open(path, encoding="utf-8") as file:
-            data = json.load(file)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: not a JSON file: {error}") from None
+    data = read_json(path, "Karpathy split file (data.karpathy_file)")
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise DatasetError(f"{path}: expected an object with an 'images' list (Karpathy's dataset_*.json format)")

@@ -33,7 +33,8 @@ import numpy
 from PIL import Image, ImageDraw
 
 from captioning.files import is_temporary, write_text
-from captioning.datasets import SPLITS, CaptionedImage, DatasetError, read_caption_csv
+from captioning.datasets import SPLITS, CaptionedImage, DatasetError
+from captioning.datasets.csv_source import read_caption_csv
 
 # Bump when the drawing or the captions change, so that old folders are regenerated.
 GENERATOR_VERSION = 1
