@@ -3,9 +3,11 @@
 # nothing installed by hand.
 #
 #   make train [EXPERIMENT=file, default experiments/shapes_conv_gru.toml] [RUN=dir] [SET="section.field=value ..."]
-#   make caption IMG=path [RUN=dir]
-#   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json]
+#   make caption IMG=path [RUN=dir] [BEAM=width] [TOP=n]   (TOP: the n best beams with their log-probabilities)
+#   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json] [BEAM=width]
 #   make test
+#
+# BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
 
 PYTHON ?= python3
 VENV := .venv
@@ -26,11 +28,11 @@ train: $(INSTALLED)
 	$(PY) -m captioning train $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET))
 
 caption: $(INSTALLED)
-	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir]" >&2; exit 2; }
-	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN))
+	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir] [BEAM=width] [TOP=n]" >&2; exit 2; }
+	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(BEAM),--beam $(BEAM)) $(if $(TOP),--top $(TOP))
 
 evaluate: $(INSTALLED)
-	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT))
+	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT)) $(if $(BEAM),--beam $(BEAM))
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

@@ -13,7 +13,7 @@ from captioning.encoders import normalization_for
 from captioning.model import CaptionModel, build_model
 from captioning.pipeline import ImageReader, image_dataset
 from captioning.runs import VOCABULARY_FILE, WEIGHTS_FILE, RunError, load_run_config
-from captioning.search import build_sampler, generate_token_ids
+from captioning.search import build_sampler, build_top_beams_sampler, generate_token_ids
 from captioning.vocabulary import Vocabulary
 
 
@@ -23,7 +23,7 @@ class Captioner:
         self.model = model
         self.vocabulary = vocabulary
         self.reader = ImageReader(config.images, normalization_for(config.encoder))
-        self.sampler = build_sampler(config.generation.sampler)
+        self.sampler = build_sampler(config.generation)
         self._generate = tf.function(self._generate_eager, reduce_retracing=True)
 
     @classmethod
@@ -47,6 +47,17 @@ class Captioner:
         """images: (batch, y_size, x_size, 3) float32, normalized for this encoder."""
         token_ids = self._generate(tf.convert_to_tensor(images, tf.float32))  # (batch, max_length)
         return [self.vocabulary.decode(row[1:]) for row in np.asarray(token_ids)]
+
+    def top_captions(self, path: str, top: int) -> list[tuple[str, float]]:
+        """The ``top`` beams for one image, best first, each with its score: the summed
+        log-probability, divided by the length penalty when generation.length_penalty > 0."""
+        sampler = build_top_beams_sampler(self.config.generation, top)
+        with self.reader.reporting_errors():
+            images = next(iter(image_dataset([str(path)], self.reader, 1)))  # (1, y_size, x_size, 3)
+        features = self.model.encoder(images, training=False)  # (1, regions, channels)
+        token_ids, scores = generate_token_ids(self.model.decoder, features, self.config.decoder.max_length, sampler)
+        token_ids, scores = np.asarray(token_ids)[0, :top], np.asarray(scores)[0, :top]  # (top, max_length), (top,)
+        return [(self.vocabulary.decode(row[1:]), float(score)) for row, score in zip(token_ids, scores)]
 
     def caption_paths(self, paths: list[str], batch_size: int = 64, progress: bool = False) -> list[str]:
         captions = []

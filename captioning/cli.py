@@ -1,13 +1,14 @@
 """Command line: parses arguments and calls the library; nothing else.
 
     python -m captioning train [--experiment FILE] [--run DIR] [--set section.field=value ...]
-    python -m captioning caption IMAGE [--run DIR]
-    python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE]
+    python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N]
+    python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,12 @@ def import_tensorflow_quietly() -> None:
             os.close(saved_stderr)
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(prog="captioning", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,13 +51,23 @@ def parse_arguments(argv):
     caption = commands.add_parser("caption", help="print a caption for an image")
     caption.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
     caption.add_argument("--run", help="run directory (default: the latest trained run)")
+    caption.add_argument("--beam", type=positive_int, metavar="WIDTH",
+                         help="beam search with this many beams (default: the run's sampler)")
+    caption.add_argument("--top", type=positive_int, metavar="N",
+                         help="print the N best beams, best first, each after its score: the summed "
+                              "log-probability (over the length penalty if one is set)")
 
     evaluate = commands.add_parser("evaluate", help="score a run on a split")
     evaluate.add_argument("--run", help="run directory (default: the latest trained run)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. data.root=...")
     evaluate.add_argument("--out", help="also write the metrics JSON here")
+    evaluate.add_argument("--beam", type=positive_int, metavar="WIDTH", help="decode with beam search of this width")
     return parser.parse_args(argv)
+
+
+def beam_overrides(beam: int | None) -> list[str]:
+    return ["generation.sampler=beam", f"generation.beam_width={beam}"] if beam is not None else []
 
 
 def run_train(arguments) -> None:
@@ -74,8 +91,12 @@ def run_caption(arguments) -> None:
     run_dir = arguments.run or latest_run()
     from captioning.captioner import Captioner
 
-    captioner = Captioner.from_run(run_dir)
-    print(captioner.caption_paths([arguments.image])[0])
+    captioner = Captioner.from_run(run_dir, beam_overrides(arguments.beam))
+    if arguments.top is None:
+        print(captioner.caption_paths([arguments.image])[0])
+        return
+    for caption, score in captioner.top_captions(arguments.image, arguments.top):
+        print(f"{score:9.4f}  {caption}")
 
 
 def run_evaluate(arguments) -> None:
@@ -86,11 +107,13 @@ def run_evaluate(arguments) -> None:
     from captioning.splits import check_evaluation_split
 
     run_dir = Path(arguments.run) if arguments.run else latest_run()
-    captioner = Captioner.from_run(run_dir, arguments.set)
+    captioner = Captioner.from_run(run_dir, arguments.set + beam_overrides(arguments.beam))
     check_evaluation_split(captioner.config, arguments.split)
     metrics, rows = evaluate_captioner(captioner, arguments.split)
     metrics["run"] = str(run_dir)
-    name = f"evaluation_{arguments.split}" + ("_overridden" if arguments.set else "")
+    metrics["generation"] = dataclasses.asdict(captioner.config.generation)
+    name = (f"evaluation_{arguments.split}" + ("_overridden" if arguments.set else "")
+            + (f"_beam{arguments.beam}" if arguments.beam is not None else ""))
     write_results(metrics, rows, run_dir / f"{name}.json", run_dir / f"{name}_captions.csv")
     if arguments.out:
         write_results(metrics, rows, Path(arguments.out), Path(arguments.out).with_suffix(".captions.csv"))

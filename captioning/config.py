@@ -118,8 +118,15 @@ class DecoderConfig:
 
 @dataclasses.dataclass
 class GenerationConfig:
-    # "greedy" (beam search arrives with the attention decoder).
+    # A name in search.SAMPLERS: "greedy" (one decoder row per image, the fastest) or "beam".
     sampler: str = "greedy"
+    # Beam search only: beams kept per image. 3 is where Show-and-Tell's authors settled
+    # (Vinyals et al., 2016, after starting at 20); each beam costs one more decoder row
+    # per step, and wider beams favour short, generic captions unless length_penalty > 0.
+    beam_width: int = 3
+    # Beam search only: GNMT's alpha, ranking by log_prob / ((5 + length) / 6) ** alpha.
+    # 0 ranks by the summed log-probability (plain beam search); ~0.6 favours longer captions.
+    length_penalty: float = 0.0
 
 
 @dataclasses.dataclass

@@ -69,3 +69,29 @@ def test_evaluate_on_another_copy_of_the_data_writes_the_metrics(trained_run, ti
     # the same model on an identical copy scores exactly what training measured
     trained_metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["bleu_4"] == pytest.approx(trained_metrics["bleu_4"])
+
+
+def test_caption_with_a_beam_prints_one_caption(trained_run, tmp_path, capsys):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(path)
+    code, out, err = run_cli(capsys, "caption", str(path), "--run", str(trained_run), "--beam", "2")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_caption_top_prints_the_best_beams_with_their_log_probabilities(trained_run, tmp_path, capsys):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(path)
+    code, out, err = run_cli(capsys, "caption", str(path), "--run", str(trained_run), "--beam", "4", "--top", "3")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3
+    scores = [float(line.split()[0]) for line in lines]
+    assert scores == sorted(scores, reverse=True) and all(score <= 0 for score in scores)
+
+
+def test_evaluate_with_a_beam_names_and_records_it(trained_run, capsys):
+    code, out, err = run_cli(capsys, "evaluate", "--run", str(trained_run), "--split", "test", "--beam", "2")
+    assert code == 0, err
+    metrics = json.loads((trained_run / "evaluation_test_beam2.json").read_text())
+    assert metrics["generation"]["sampler"] == "beam" and metrics["generation"]["beam_width"] == 2

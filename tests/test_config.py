@@ -55,6 +55,7 @@ def test_defaults_load_without_a_file():
     assert config.decoder.cell == "lstm"
     assert config.decoder.units == 512
     assert config.training.learning_rate == 1e-3
+    assert (config.generation.sampler, config.generation.beam_width, config.generation.length_penalty) == ("greedy", 3, 0.0)
     assert changed_keys(config) == {}
 
 
@@ -132,6 +133,9 @@ def test_experiment_file_integer_for_a_float_field_becomes_a_float(tmp_path):
         ("data.root='C:\\data'", "data", "root", "C:\\data"),  # TOML literal string keeps backslash
         ('data.root="with \\"quotes\\""', "data", "root", 'with "quotes"'),
         (" decoder.units = 96 ", "decoder", "units", 96),  # spaces around key and value
+        ("generation.sampler=beam", "generation", "sampler", "beam"),
+        ("generation.beam_width=5", "generation", "beam_width", 5),
+        ("generation.length_penalty=0.6", "generation", "length_penalty", 0.6),
     ],
 )
 def test_override_value_is_parsed_and_applied(override, section, field, value):

@@ -1,11 +1,15 @@
-"""Greedy decoding through keras-hub's sampler, with a fake decoder whose answer is known."""
+"""Greedy and beam decoding through keras-hub's samplers, with fake decoders whose answers are known."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from captioning.search import build_sampler, generate_token_ids
+from captioning.config import ConfigError, GenerationConfig
+from captioning.search import SAMPLERS, CaptionBeamSampler, build_sampler, build_top_beams_sampler, generate_token_ids
 from captioning.vocabulary import END_ID, PAD_ID, START_ID
 
 VOCAB_SIZE = 10
@@ -31,7 +35,7 @@ class TransitionDecoder:
 
 def generate(decoder, batch=2, max_length=8):
     features = tf.zeros((batch, 3, 4))
-    return np.asarray(generate_token_ids(decoder, features, max_length, build_sampler("greedy")))
+    return np.asarray(generate_token_ids(decoder, features, max_length, build_sampler(GenerationConfig(sampler="greedy"))))
 
 
 def test_greedy_follows_the_most_likely_chain_and_stops_at_the_end_token():
@@ -64,5 +68,198 @@ def test_rows_decode_independently():
 
     decoder = FeatureDecoder({5: END_ID, 8: END_ID})
     features = tf.constant(np.array([[[1.0]], [[0.0]]], dtype="float32"))
-    token_ids = np.asarray(generate_token_ids(decoder, features, 4, build_sampler("greedy")))
+    token_ids = np.asarray(generate_token_ids(decoder, features, 4, build_sampler(GenerationConfig(sampler="greedy"))))
     np.testing.assert_array_equal(token_ids, [[START_ID, 8, END_ID, PAD_ID], [START_ID, 5, END_ID, PAD_ID]])
+
+
+# ---- beam search ----------------------------------------------------------------------
+
+
+class MarkovDecoder(TransitionDecoder):
+    """Next-token probabilities depend only on the previous token: ``probabilities[previous]``
+    maps tokens to probabilities summing to 1; every other token gets logit -30 (p ~ 1e-13,
+    invisible in float32 log-probabilities), and an unlisted row is uniform (p = 0.1)."""
+
+    def __init__(self, probabilities: dict[int, dict[int, float]]):
+        super().__init__({})
+        table = np.full((VOCAB_SIZE, VOCAB_SIZE), -30.0, dtype="float32")
+        for previous, row in probabilities.items():
+            assert math.isclose(sum(row.values()), 1.0)
+            for token, probability in row.items():
+                table[previous, token] = math.log(probability)
+        self.table = tf.constant(table)
+
+
+W4, W5, W6, W7, W8, W9 = 4, 5, 6, 7, 8, 9  # word ids (0-3 are <pad>, <start>, <end>, <unk>)
+
+# Greedy's first word leads nowhere likely: <start> 4 8 <end> = 0.6 * 0.4 * 1 = 0.24,
+# while <start> 5 9 <end> = 0.4 * 0.9 * 1 = 0.36. Width 2 keeps 5 after step one
+# (0.6, 0.4), then ranks 5 9 (0.36) > 4 8 (0.24) > 4 6 = 4 7 (0.18) > 5 6 (0.04).
+GREEDY_IS_WRONG = {
+    START_ID: {W4: 0.6, W5: 0.4},
+    W4: {W6: 0.3, W7: 0.3, W8: 0.4},
+    W5: {W9: 0.9, W6: 0.1},
+    W6: {END_ID: 1.0}, W7: {END_ID: 1.0}, W8: {END_ID: 1.0}, W9: {END_ID: 1.0},
+}
+
+# Width 2: <start> 4 6 <end> = 0.7 after three steps; <start> 5 <end> = 0.3 ends after two.
+ENDS_AT_STEP_THREE = {START_ID: {W4: 0.7, W5: 0.3}, W4: {W6: 1.0}, W6: {END_ID: 1.0}, W5: {END_ID: 1.0}}
+
+
+def decode(decoder, sampler, max_length=8, features=None):
+    features = tf.zeros((1, 1, 1)) if features is None else features  # (batch, regions, channels)
+    result = generate_token_ids(decoder, features, max_length, sampler)
+    return tuple(np.asarray(part) for part in result) if isinstance(result, tuple) else np.asarray(result)
+
+
+def up_to_end(token_ids):
+    """A row's tokens up to and including the first <end> (what Vocabulary.decode reads)."""
+    token_ids = list(token_ids)
+    return token_ids[: token_ids.index(END_ID) + 1] if END_ID in token_ids else token_ids
+
+
+def greedy():
+    return build_sampler(GenerationConfig(sampler="greedy"))
+
+
+def beam(width, length_penalty=0.0, return_all_beams=False):
+    return CaptionBeamSampler(num_beams=width, length_penalty=length_penalty, return_all_beams=return_all_beams)
+
+
+def test_beam_finds_the_likelier_caption_greedy_misses():
+    decoder = MarkovDecoder(GREEDY_IS_WRONG)
+    np.testing.assert_array_equal(decode(decoder, greedy(), max_length=6)[0], [START_ID, W4, W8, END_ID, PAD_ID, PAD_ID])
+    np.testing.assert_array_equal(decode(decoder, beam(2), max_length=6)[0], [START_ID, W5, W9, END_ID, PAD_ID, PAD_ID])
+
+
+NEVER_ENDS = {START_ID: {W5: 0.8, W6: 0.2}, W5: {W6: 0.6, W7: 0.4}, W6: {W5: 1.0}}
+
+
+@pytest.mark.parametrize("table", [GREEDY_IS_WRONG, ENDS_AT_STEP_THREE, NEVER_ENDS])
+def test_beam_width_one_is_greedy(table):
+    greedy_ids = decode(MarkovDecoder(table), greedy())[0]
+    beam_ids = decode(MarkovDecoder(table), beam(1))[0]
+    assert up_to_end(beam_ids) == up_to_end(greedy_ids)
+
+
+def test_a_finished_beam_is_frozen_at_its_score():
+    """<start> 4 <end> = 0.7 * 0.6 = 0.42 beats <start> 5 7 <end> = 0.3 and <start> 4 6 <end> = 0.28.
+
+    Step two keeps 4 <end> (0.42) and 5 7 (0.3); step three must only pad the finished beam.
+    keras-hub's own BeamSampler extends it with the uniform row after <end> (0.42 * 0.1 = 0.042
+    per token), so it returns 5 7 <end> (0.3) first: this test fails on it.
+    """
+    decoder = MarkovDecoder({START_ID: {W4: 0.7, W5: 0.3}, W4: {END_ID: 0.6, W6: 0.4}, W6: {END_ID: 1.0},
+                             W5: {W7: 1.0}, W7: {END_ID: 1.0}})  # the row after <end> is uniform
+    token_ids, scores = decode(decoder, CaptionBeamSampler(num_beams=2, return_all_beams=True), max_length=6)
+    np.testing.assert_array_equal(token_ids[0], [[START_ID, W4, END_ID, PAD_ID, PAD_ID, PAD_ID],
+                                                 [START_ID, W5, W7, END_ID, PAD_ID, PAD_ID]])
+    np.testing.assert_allclose(scores[0], [math.log(0.42), math.log(0.3)], rtol=1e-5)  # -0.8675, -1.2040
+
+
+# Short <start> 4 <end> = 0.55 (2 generated tokens); long <start> 5 6 7 8 <end> = 0.45 (5 tokens).
+SHORT_OR_LONG = {START_ID: {W4: 0.55, W5: 0.45}, W4: {END_ID: 1.0}, W5: {W6: 1.0}, W6: {W7: 1.0}, W7: {W8: 1.0},
+                 W8: {END_ID: 1.0}}
+SHORT = [START_ID, W4, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]
+LONG = [START_ID, W5, W6, W7, W8, END_ID, PAD_ID, PAD_ID]
+
+
+def test_without_a_length_penalty_the_short_caption_wins():
+    # alpha = 0: plain sums, log 0.55 = -0.5978 > log 0.45 = -0.7985.
+    token_ids, scores = decode(MarkovDecoder(SHORT_OR_LONG), beam(2, 0.0, return_all_beams=True))
+    np.testing.assert_array_equal(token_ids[0], [SHORT, LONG])
+    np.testing.assert_allclose(scores[0], [-0.597837, -0.798508], rtol=1e-5)
+
+
+def test_a_length_penalty_lets_the_long_caption_win():
+    # alpha = 1: short -0.597837 / ((5 + 2) / 6) = -0.512432; long -0.798508 / ((5 + 5) / 6) = -0.479105.
+    token_ids, scores = decode(MarkovDecoder(SHORT_OR_LONG), beam(2, 1.0, return_all_beams=True))
+    np.testing.assert_array_equal(token_ids[0], [LONG, SHORT])
+    np.testing.assert_allclose(scores[0], [-0.479105, -0.512432], rtol=1e-5)
+    np.testing.assert_array_equal(decode(MarkovDecoder(SHORT_OR_LONG), beam(2, 1.0))[0], LONG)
+
+
+def test_beam_search_stops_once_every_beam_has_ended():
+    decoder = MarkovDecoder(ENDS_AT_STEP_THREE)
+    token_ids = decode(decoder, beam(2))
+    np.testing.assert_array_equal(token_ids[0], [START_ID, W4, W6, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID])
+    assert decoder.steps == 3  # 4, 6, <end>: no step after both beams ended
+
+
+def test_beam_search_stops_at_the_maximum_length():
+    # 4 and 5 alternate forever: <start> 4 5 4 5 = 0.7, <start> 5 4 5 4 = 0.3, four tokens each.
+    decoder = MarkovDecoder({START_ID: {W4: 0.7, W5: 0.3}, W4: {W5: 1.0}, W5: {W4: 1.0}})
+    token_ids, scores = decode(decoder, beam(2, return_all_beams=True), max_length=5)
+    np.testing.assert_array_equal(token_ids[0], [[START_ID, W4, W5, W4, W5], [START_ID, W5, W4, W5, W4]])
+    np.testing.assert_allclose(scores[0], [math.log(0.7), math.log(0.3)], rtol=1e-5)
+    assert decoder.steps == 4
+
+
+class TwoImageDecoder(MarkovDecoder):
+    """Image 0 (feature 0) follows GREEDY_IS_WRONG, image 1 (feature 1) ENDS_AT_STEP_THREE;
+    the state carries the feature, so each beam must keep its own image's state."""
+
+    def __init__(self):
+        super().__init__(GREEDY_IS_WRONG)
+        self.other_table = MarkovDecoder(ENDS_AT_STEP_THREE).table
+
+    def initial_state(self, features, training=None):
+        return [features[:, 0, :1]]  # (batch, 1): 0 or 1
+
+    def step(self, token_ids, state):
+        self.steps += 1
+        logits = tf.where(state[0] > 0.5, tf.gather(self.other_table, token_ids), tf.gather(self.table, token_ids))
+        return logits, state
+
+
+def test_images_in_a_batch_decode_independently():
+    features = tf.constant([[[0.0]], [[1.0]]])  # (2, 1, 1)
+    token_ids, scores = decode(TwoImageDecoder(), beam(2, return_all_beams=True), features=features)
+    for image in range(2):
+        alone_ids, alone_scores = decode(TwoImageDecoder(), beam(2, return_all_beams=True), features=features[image:image + 1])
+        np.testing.assert_array_equal(token_ids[image], alone_ids[0])
+        np.testing.assert_allclose(scores[image], alone_scores[0])
+    np.testing.assert_array_equal(token_ids[:, 0], [[START_ID, W5, W9, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID],
+                                                    [START_ID, W4, W6, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+
+
+def test_all_beams_come_sorted_best_first():
+    # Width 3: after step one 4 (0.5), 5 (0.3), 6 (0.2); step two keeps 4 7 (0.4), 5 <end> (0.3),
+    # 6 <end> (0.2) over 4 <end> (0.1); step three ends 4 7 <end> (0.4).
+    decoder = MarkovDecoder({START_ID: {W4: 0.5, W5: 0.3, W6: 0.2}, W4: {END_ID: 0.2, W7: 0.8}, W7: {END_ID: 1.0},
+                             W5: {END_ID: 1.0}, W6: {END_ID: 1.0}})
+    token_ids, scores = decode(decoder, beam(3, return_all_beams=True), max_length=5)
+    np.testing.assert_array_equal(token_ids[0], [[START_ID, W4, W7, END_ID, PAD_ID], [START_ID, W5, END_ID, PAD_ID, PAD_ID],
+                                                 [START_ID, W6, END_ID, PAD_ID, PAD_ID]])
+    np.testing.assert_allclose(scores[0], [-0.916291, -1.203973, -1.609438], rtol=1e-5)  # log 0.4, 0.3, 0.2
+    assert np.all(np.diff(scores[0]) <= 0)
+
+
+def test_beam_search_runs_inside_tf_function_with_any_batch_size():
+    """The captioner wraps decoding in tf.function; the batch dimension is then unknown."""
+    decoder = TwoImageDecoder()
+    sampler = beam(2)
+    generate = tf.function(lambda features: generate_token_ids(decoder, features, 8, sampler),
+                           input_signature=[tf.TensorSpec((None, 1, 1), tf.float32)])
+    features = tf.constant([[[0.0]], [[1.0]]])
+    np.testing.assert_array_equal(generate(features).numpy(), decode(TwoImageDecoder(), beam(2), features=features))
+
+
+def test_samplers_are_built_from_the_generation_section():
+    assert set(SAMPLERS) == {"greedy", "beam"}
+    sampler = build_sampler(GenerationConfig(sampler="beam", beam_width=5, length_penalty=0.6))
+    assert isinstance(sampler, CaptionBeamSampler)
+    assert (sampler.num_beams, sampler.length_penalty, sampler.return_all_beams) == (5, 0.6, False)
+    top = build_top_beams_sampler(GenerationConfig(beam_width=3), top=5)
+    assert (top.num_beams, top.return_all_beams) == (5, True)  # widened to show five beams
+    assert CaptionBeamSampler.from_config(sampler.get_config()).length_penalty == 0.6
+
+
+@pytest.mark.parametrize("generation, message", [
+    (GenerationConfig(sampler="beem"), "valid: greedy, beam"),
+    (GenerationConfig(sampler="beam", beam_width=0), "beam_width"),
+    (GenerationConfig(sampler="beam", length_penalty=-1.0), "length_penalty"),
+])
+def test_bad_generation_settings_are_config_errors(generation, message):
+    with pytest.raises(ConfigError, match=message):
+        build_sampler(generation)
