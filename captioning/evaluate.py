@@ -10,6 +10,7 @@ from captioning.captioner import Captioner
 from captioning.coco_metrics import coco_caption_scores
 from captioning.datasets import CaptionedImage, load_split
 from captioning.files import write_json, write_text
+from captioning.spatial import shapes_word_accuracies
 from captioning.metrics import bleu_scores, shuffled_image_bleu_4
 
 
@@ -42,7 +43,11 @@ def evaluate_captioner(captioner: Captioner, split: str, progress: bool = True) 
         {"image": example.image_path, "caption": hypothesis, "references": " | ".join(example.captions)}
         for example, hypothesis in zip(examples, hypotheses)
     ]
-    return score_captions(examples, hypotheses, split), rows
+    metrics = score_captions(examples, hypotheses, split)
+    if captioner.config.data.name == "shapes":  # the drawn objects are known: which words are right?
+        metrics.update(shapes_word_accuracies(captioner.config.data.root, split,
+                                              [example.image_path for example in examples], hypotheses))
+    return metrics, rows
 
 
 def write_results(metrics: dict, rows: list[dict], metrics_path: Path, captions_path: Path) -> None:
@@ -56,6 +61,7 @@ def write_results(metrics: dict, rows: list[dict], metrics_path: Path, captions_
 
 def format_metrics(metrics: dict) -> str:
     names = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "bleu_4_shuffled_images"]
+    names += [name for name in ("colour_accuracy", "shape_accuracy", "relation_accuracy") if name in metrics]
     reasons = {entry["metric"]: entry["reason"] for entry in metrics.get("unavailable", [])}
     lines = [f"{metrics['split']} split, {metrics['images']} images"]
     for name in names:
