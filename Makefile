@@ -4,7 +4,10 @@
 #
 #   make train [EXPERIMENT=file, default experiments/shapes_conv_gru.toml] [RUN=dir] [SET="section.field=value ..."]
 #   make caption IMG=path [RUN=dir] [BEAM=width] [TOP=n]   (TOP: the n best beams with their log-probabilities)
+#                [ATTENTION=out.png]   (attention decoders: one panel per word with its attention map)
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json] [BEAM=width]
+#   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes_*.toml] [OUT=dir, default runs/compare]
+#                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
 #   make test
 #
 # BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
@@ -15,7 +18,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SPLIT ?= test
 
-.PHONY: train caption evaluate test venv clean-cache
+.PHONY: train caption evaluate compare test venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -28,11 +31,14 @@ train: $(INSTALLED)
 	$(PY) -m captioning train $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET))
 
 caption: $(INSTALLED)
-	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir] [BEAM=width] [TOP=n]" >&2; exit 2; }
-	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(BEAM),--beam $(BEAM)) $(if $(TOP),--top $(TOP))
+	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir] [BEAM=width] [TOP=n] [ATTENTION=out.png]" >&2; exit 2; }
+	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(BEAM),--beam $(BEAM)) $(if $(TOP),--top $(TOP)) $(if $(ATTENTION),--attention "$(ATTENTION)")
 
 evaluate: $(INSTALLED)
 	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT)) $(if $(BEAM),--beam $(BEAM))
+
+compare: $(INSTALLED)
+	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET))
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

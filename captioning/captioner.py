@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from captioning.config import ExperimentConfig
+from captioning.config import ConfigError, ExperimentConfig
 from captioning.encoders import normalization_for
+from captioning.images import load_image
 from captioning.model import CaptionModel, build_model
 from captioning.pipeline import ImageReader, image_dataset
 from captioning.runs import VOCABULARY_FILE, WEIGHTS_FILE, RunError, load_run_config
 from captioning.search import build_sampler, build_top_beams_sampler, generate_token_ids
-from captioning.vocabulary import Vocabulary
+from captioning.vocabulary import END_ID, Vocabulary
+
+
+@dataclasses.dataclass
+class AttentionMaps:
+    """What the attention picture shows for one image.
+
+    image: (y_size, x_size, 3) float32 in [0, 1], the image as the encoder saw it.
+    words: the generated words, then "<end>" if the caption ended.
+    attention: (len(words), grid_height, grid_width) float32, word k's attention weights.
+    """
+
+    caption: str
+    image: np.ndarray
+    words: list[str]
+    attention: np.ndarray
 
 
 class Captioner:
@@ -58,6 +75,26 @@ class Captioner:
         token_ids, scores = generate_token_ids(self.model.decoder, features, self.config.decoder.max_length, sampler)
         token_ids, scores = np.asarray(token_ids)[0, :top], np.asarray(scores)[0, :top]  # (top, max_length), (top,)
         return [(self.vocabulary.decode(row[1:]), float(score)) for row, score in zip(token_ids, scores)]
+
+    def attention_maps(self, path: str) -> AttentionMaps:
+        """Captions one image with the run's sampler, then reruns the decoder on that caption
+        (teacher forcing gives the same steps) to read each word's attention weights."""
+        if self.config.decoder.name != "attention":
+            raise ConfigError(f"decoder.name is '{self.config.decoder.name}': no attention to show "
+                              "(train with decoder.name=attention)")
+        with self.reader.reporting_errors():
+            images = next(iter(image_dataset([str(path)], self.reader, 1)))  # (1, y_size, x_size, 3)
+        token_ids = np.asarray(self._generate(images))[0]  # (max_length,), <start> first
+        features = self.model.encoder(images, training=False)  # (1, regions, channels)
+        _, attention = self.model.decoder((features, token_ids[None, :-1]), training=False, return_attention=True)
+        attention = np.asarray(attention)[0]  # (max_length - 1, regions): row k predicts token k + 1
+        generated = token_ids[1:].tolist()
+        length = generated.index(END_ID) + 1 if END_ID in generated else len(generated)
+        words = [self.vocabulary.tokens[token_id] for token_id in generated[:length]]
+        grid_shape = self.model.encoder.grid_shape(images.shape[1:])
+        image = load_image(path, self.config.images.x_size, self.config.images.y_size, "none") / 255.0
+        return AttentionMaps(caption=self.vocabulary.decode(token_ids[1:]), image=image, words=words,
+                             attention=attention[:length].reshape(length, *grid_shape))
 
     def caption_paths(self, paths: list[str], batch_size: int = 64, progress: bool = False) -> list[str]:
         captions = []

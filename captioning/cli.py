@@ -1,8 +1,9 @@
 """Command line: parses arguments and calls the library; nothing else.
 
     python -m captioning train [--experiment FILE] [--run DIR] [--set section.field=value ...]
-    python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N]
+    python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N] [--attention OUT.png]
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
+    python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...]
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def parse_arguments(argv):
     caption.add_argument("--top", type=positive_int, metavar="N",
                          help="print the N best beams, best first, each after its score: the summed "
                               "log-probability (over the length penalty if one is set)")
+    caption.add_argument("--attention", metavar="OUT.png",
+                         help="also write the image once per generated word with that word's attention map "
+                              "(runs trained with decoder.name=attention)")
 
     evaluate = commands.add_parser("evaluate", help="score a run on a split")
     evaluate.add_argument("--run", help="run directory (default: the latest trained run)")
@@ -63,6 +67,14 @@ def parse_arguments(argv):
     evaluate.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. data.root=...")
     evaluate.add_argument("--out", help="also write the metrics JSON here")
     evaluate.add_argument("--beam", type=positive_int, metavar="WIDTH", help="decode with beam search of this width")
+
+    compare = commands.add_parser("compare", help="train experiments that have no finished run, then tabulate and plot them")
+    compare.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                         help="experiment TOML files or folders of them (default: experiments/shapes_*.toml)")
+    compare.add_argument("--out", default="runs/compare", help="where compare.csv, compare.md and the PNGs go")
+    compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                         help="repeat each experiment with these training.seed values; the table shows mean ± std")
+    compare.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="overrides for every experiment")
     return parser.parse_args(argv)
 
 
@@ -92,6 +104,11 @@ def run_caption(arguments) -> None:
     from captioning.captioner import Captioner
 
     captioner = Captioner.from_run(run_dir, beam_overrides(arguments.beam))
+    if arguments.attention is not None:
+        from captioning.attention_plot import plot_attention
+
+        maps = captioner.attention_maps(arguments.image)
+        plot_attention(maps.image, maps.words, maps.attention, arguments.attention, title=maps.caption)
     if arguments.top is None:
         print(captioner.caption_paths([arguments.image])[0])
         return
@@ -120,7 +137,14 @@ def run_evaluate(arguments) -> None:
     print(format_metrics(metrics))
 
 
-COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate}
+def run_compare(arguments) -> None:
+    from captioning.compare import compare
+
+    experiments = arguments.experiments or sorted(DEFAULT_EXPERIMENT.parent.glob("shapes_*.toml"))
+    compare(experiments, Path(arguments.out), seeds=arguments.seeds, overrides=arguments.set, verbose="auto")
+
+
+COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare}
 
 
 def main(argv=None) -> int:

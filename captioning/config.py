@@ -99,6 +99,10 @@ class EncoderConfig:
 
 @dataclasses.dataclass
 class DecoderConfig:
+    # A name in decoders.DECODERS: "rnn" (Show and Tell: the image only sets the initial
+    # state; the cheapest) or "attention" (Show, Attend and Tell: soft attention over the
+    # region grid at every step).
+    name: str = "rnn"
     # "lstm" or "gru".
     cell: str = "lstm"
     # Word embedding width; 256 is plenty for vocabularies of a few thousand words.
@@ -109,7 +113,20 @@ class DecoderConfig:
     dropout: float = 0.3
     # How the region grid becomes the initial state: "mean" (pretrained features) or
     # "flatten" (keeps where things are; small from-scratch encoders need it for "left of").
+    # "rnn" only: the attention decoder starts from the mean region and looks at each
+    # region's position through attention.
     image_pooling: str = "mean"
+    # Attention only: width of the additive attention's hidden layer (v^T tanh(W_f f + W_h h));
+    # 256 is below the 512 recurrent units, enough to score a few dozen regions, and
+    # W_f f is computed for every region of every caption.
+    attention_units: int = 256
+    # Attention only: scale the context by a gate sigmoid(w h) per step. Show, Attend and
+    # Tell found it made the attention weights emphasize objects; the cost is units + 1 weights.
+    attention_gate: bool = True
+    # Attention only: lambda of the doubly stochastic penalty lambda * sum_i (1 - sum_t alpha_ti)^2,
+    # which makes every region get about as much attention over the caption; 1 is the
+    # paper's value (it reported better BLEU and richer captions with it). 0 turns it off.
+    attention_regularization: float = 1.0
     # Longest caption in tokens, start and end tokens included; longer ones are cut.
     max_length: int = 24
     # Words seen fewer times than this in training captions become the unknown token.

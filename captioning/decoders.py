@@ -1,12 +1,20 @@
 """RNN decoders: region features + caption prefix -> next-word logits.
 
-The decoder is its own Keras model, conditioned on the image through its initial state
-(Show and Tell): the pooled region features, projected, become the LSTM/GRU state.
+Two decoders, chosen by ``decoder.name`` (``build_decoder`` dispatches):
 
-    decoder = RNNDecoder(vocab_size=vocabulary.size, units=512, cell="lstm")
+- "rnn", ``RNNDecoder`` (Show and Tell): the image only sets the initial LSTM/GRU state;
+  the pooled region features, projected, become that state.
+- "attention", ``AttentionDecoder`` (Show, Attend and Tell): the initial state comes from
+  the mean region, and at every step soft (additive) attention over the region grid
+  picks a context vector that is fed to the cell with the word.
+
+    decoder = build_decoder(config.decoder, vocab_size=vocabulary.size)
     logits = decoder((features, token_ids))       # teacher forcing: (batch, length, vocab)
-    state = decoder.initial_state(features)       # before generation
-    logits, state = decoder.step(token_ids, state)  # one token: (batch, vocab)
+    cache = decoder.initial_cache(features)       # before generation: a dict of tensors
+    logits, cache = decoder.step_cache(token_ids, cache)  # one token: (batch, vocab)
+
+The cache is what keras-hub's samplers carry between steps (beam search repeats and
+reorders every tensor in it per beam), so search.py has one code path for both.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ import keras
 from keras import layers, ops
 
 from captioning.config import ConfigError, DecoderConfig
+from captioning.vocabulary import END_ID, PAD_ID
 
 CELLS = {"lstm": layers.LSTM, "gru": layers.GRU}
+CELL_CLASSES = {"lstm": layers.LSTMCell, "gru": layers.GRUCell}  # stepped by hand in AttentionDecoder
 STATES_PER_CELL = {"lstm": 2, "gru": 1}  # LSTM carries (hidden, cell), GRU only hidden
 IMAGE_POOLINGS = ("mean", "flatten")
 
@@ -86,6 +96,15 @@ class RNNDecoder(keras.Model):
         outputs, *state = self.rnn(embedded, initial_state=list(state))  # (batch, 1, units)
         return self.output_projection(outputs[:, 0]), state  # (batch, vocab_size)
 
+    def initial_cache(self, features) -> dict:
+        """The sampler's starting cache: {"state": tuple of (batch, units)}."""
+        return {"state": tuple(self.initial_state(features, training=False))}
+
+    def step_cache(self, token_ids, cache: dict):
+        """token_ids: (batch,) int32 -> logits (batch, vocab_size) and the next cache."""
+        logits, state = self.step(token_ids, cache["state"])
+        return logits, {"state": tuple(state)}
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -98,8 +117,198 @@ class RNNDecoder(keras.Model):
         }
 
 
-def build_decoder(config: DecoderConfig, vocab_size: int) -> RNNDecoder:
+@keras.saving.register_keras_serializable(package="captioning")
+class AttentionDecoder(keras.Model):
+    """Show, Attend and Tell (Xu et al., 2015): soft additive attention over the regions.
+
+    Per step t, with h the previous hidden state and f_i the regions:
+        e_ti = v^T tanh(W_f f_i + W_h h)           attention_units wide
+        alpha_t = softmax_i(e_t)                   (batch, regions), sums to 1
+        context = beta * sum_i alpha_ti f_i        beta = sigmoid(w_b h) if attention_gate, else 1
+        h, state = cell([embedding(word), context], state)
+        logits = Dense(dropout([h, context, embedding(word)]))
+    The initial state is tanh(Dense(mean_i f_i)); W_f f is computed once per sequence.
+
+    attention_regularization (lambda): in training, adds the doubly stochastic penalty
+    lambda * mean over captions of sum_i (1 - sum_t alpha_ti)^2, over the steps that
+    predict a real token, pushing the decoder to look at every region over the caption.
+    """
+
+    def __init__(self, vocab_size, embedding_dim=256, units=512, cell="lstm", dropout=0.3, attention_units=256,
+                 attention_gate=True, attention_regularization=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if cell not in CELLS:
+            raise ConfigError(f"unknown decoder cell '{cell}' (decoder.cell); valid: {', '.join(CELLS)}")
+        if attention_regularization < 0:
+            raise ConfigError(f"decoder.attention_regularization must be 0 or more, got {attention_regularization}")
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.cell_name = cell
+        self.dropout_rate = dropout
+        self.attention_units = attention_units
+        self.attention_gate = attention_gate
+        self.attention_regularization = attention_regularization
+        self.state_count = STATES_PER_CELL[cell]
+        self.image_projection = layers.Dense(units * self.state_count, activation="tanh", name="image_projection")
+        self.embedding = layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.feature_projection = layers.Dense(attention_units, name="feature_projection")  # W_f (and the bias)
+        self.hidden_projection = layers.Dense(attention_units, use_bias=False, name="hidden_projection")  # W_h
+        # v: no bias, softmax ignores a constant added to every score.
+        self.attention_score = layers.Dense(1, use_bias=False, name="attention_score")
+        # A scalar gate per step, as in the paper.
+        self.gate = layers.Dense(1, activation="sigmoid", name="attention_gate") if attention_gate else None
+        self.cell = CELL_CLASSES[cell](units, name=f"{cell}_cell")
+        self.dropout = layers.Dropout(dropout)
+        self.output_projection = layers.Dense(vocab_size, name="output_projection")
+
+    def build(self, input_shape):
+        features_shape, token_shape = input_shape
+        channels = features_shape[-1]
+        self.image_projection.build((None, channels))
+        self.embedding.build(token_shape)
+        self.feature_projection.build((None, None, channels))
+        self.hidden_projection.build((None, self.units))
+        self.attention_score.build((None, None, self.attention_units))
+        if self.gate is not None:
+            self.gate.build((None, self.units))
+        self.cell.build((None, self.embedding_dim + channels))
+        self.output_projection.build((None, None, self.units + channels + self.embedding_dim))
+
+    def initial_state(self, features, training=None) -> dict:
+        """features: (batch, regions, channels) -> the state before the first word.
+
+        {"features", "projected_features": (batch, regions, attention_units),
+         "state": tuple of (batch, units), "context": (batch, channels),
+         "attention": (batch, regions), the weights of the last step (zeros before any)}.
+        """
+        if not self.built:  # generation before any teacher-forced call
+            self.build((tuple(features.shape), (None, None)))
+        pooled = ops.mean(features, axis=1)  # (batch, channels)
+        projected = self.image_projection(pooled)  # (batch, units * states)
+        state = tuple(ops.split(projected, self.state_count, axis=-1)) if self.state_count > 1 else (projected,)
+        return {
+            "features": features,
+            "projected_features": self.feature_projection(features),  # (batch, regions, attention_units)
+            "state": state,
+            "context": ops.zeros_like(pooled),  # (batch, channels)
+            "attention": ops.zeros_like(features[:, :, 0]),  # (batch, regions)
+        }
+
+    def attend(self, features, projected_features, hidden):
+        """hidden: (batch, units) -> context (batch, channels), attention weights (batch, regions)."""
+        scores = self.attention_score(
+            ops.tanh(projected_features + self.hidden_projection(hidden)[:, None, :]))  # (batch, regions, 1)
+        attention = ops.softmax(scores[:, :, 0], axis=-1)  # (batch, regions)
+        context = ops.sum(attention[:, :, None] * features, axis=1)  # (batch, channels)
+        if self.gate is not None:
+            context = self.gate(hidden) * context  # gate: (batch, 1)
+        return context, attention
+
+    def advance(self, embedded, features, projected_features, state):
+        """One recurrence: embedded (batch, embedding_dim) -> {"state", "context", "attention"}."""
+        context, attention = self.attend(features, projected_features, state[0])
+        _, new_state = self.cell(ops.concatenate([embedded, context], axis=-1), list(state))
+        return {"state": tuple(new_state), "context": context, "attention": attention}
+
+    def output_logits(self, hidden, context, embedded, training=None):
+        """The deep output layer over the last axis: (..., units + channels + embedding_dim) -> (..., vocab)."""
+        return self.output_projection(self.dropout(ops.concatenate([hidden, context, embedded], axis=-1),
+                                                   training=training))
+
+    def call(self, inputs, training=None, return_attention=False):
+        """inputs: features (batch, regions, channels), token_ids (batch, length) int32, 0 is padding.
+
+        Returns logits (batch, length, vocab_size): position t predicts token t + 1; with
+        ``return_attention`` also the attention weights (batch, length, regions) float32,
+        row t being the weights used to predict token t + 1.
+        """
+        features, token_ids = inputs
+        start = self.initial_state(features, training=training)
+        embedded = self.dropout(self.embedding(token_ids), training=training)  # (batch, length, embedding_dim)
+
+        def recur(carry, embedded_t):
+            step = self.advance(embedded_t, features, start["projected_features"], carry["state"])
+            return step, step  # keras' scan stacks outputs shaped like the carry
+
+        carry = {key: start[key] for key in ("state", "context", "attention")}
+        _, steps = ops.scan(recur, carry, ops.transpose(embedded, (1, 0, 2)))  # time-major: (length, batch, ...)
+        hidden = ops.transpose(steps["state"][0], (1, 0, 2))  # (batch, length, units)
+        context = ops.transpose(steps["context"], (1, 0, 2))  # (batch, length, channels)
+        attention = ops.transpose(steps["attention"], (1, 0, 2))  # (batch, length, regions)
+        logits = self.output_logits(hidden, context, embedded, training=training)  # (batch, length, vocab_size)
+        if training and self.attention_regularization > 0:
+            self.add_loss(self.attention_regularization * self.attention_penalty(attention, token_ids))
+        return (logits, attention) if return_attention else logits
+
+    @staticmethod
+    def attention_penalty(attention, token_ids):
+        """Doubly stochastic penalty: mean over captions of sum_i (1 - sum_t alpha_ti)^2.
+
+        attention: (batch, length, regions); token_ids: (batch, length), the inputs. A step
+        counts when it predicts a real token (its input is neither padding nor <end>); a
+        caption with no such step (an all-padding filler caption) is left out of the mean.
+        """
+        real = ops.logical_and(ops.not_equal(token_ids, PAD_ID), ops.not_equal(token_ids, END_ID))
+        real = ops.cast(real, attention.dtype)  # (batch, length)
+        attention_sum = ops.sum(attention * real[:, :, None], axis=1)  # (batch, regions)
+        penalty = ops.sum(ops.square(1.0 - attention_sum), axis=-1)  # (batch,)
+        has_steps = ops.cast(ops.any(real > 0, axis=1), attention.dtype)  # (batch,)
+        return ops.sum(penalty * has_steps) / ops.maximum(ops.sum(has_steps), 1.0)
+
+    def step(self, token_ids, state: dict):
+        """token_ids: (batch,) int32, the last token; state from initial_state or step.
+
+        Returns logits (batch, vocab_size) for the next token, and the new state, whose
+        "attention" (batch, regions) holds the weights this step used.
+        """
+        embedded = self.embedding(token_ids)  # (batch, embedding_dim)
+        step = self.advance(embedded, state["features"], state["projected_features"], state["state"])
+        logits = self.output_logits(step["state"][0], step["context"], embedded)  # (batch, vocab_size)
+        return logits, {**state, **step}
+
+    def initial_cache(self, features) -> dict:
+        """The sampler's starting cache; it carries the features and W_f f, repeated per beam."""
+        return self.initial_state(features, training=False)
+
+    def step_cache(self, token_ids, cache: dict):
+        return self.step(token_ids, cache)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "cell": self.cell_name,
+            "dropout": self.dropout_rate,
+            "attention_units": self.attention_units,
+            "attention_gate": self.attention_gate,
+            "attention_regularization": self.attention_regularization,
+        }
+
+
+def _build_rnn_decoder(config: DecoderConfig, vocab_size: int) -> RNNDecoder:
     return RNNDecoder(
         vocab_size=vocab_size, embedding_dim=config.embedding_dim, units=config.units, cell=config.cell,
         dropout=config.dropout, image_pooling=config.image_pooling, name="decoder",
     )
+
+
+def _build_attention_decoder(config: DecoderConfig, vocab_size: int) -> AttentionDecoder:
+    return AttentionDecoder(
+        vocab_size=vocab_size, embedding_dim=config.embedding_dim, units=config.units, cell=config.cell,
+        dropout=config.dropout, attention_units=config.attention_units, attention_gate=config.attention_gate,
+        attention_regularization=config.attention_regularization, name="decoder",
+    )
+
+
+# The valid ``decoder.name`` values.
+DECODERS = {"rnn": _build_rnn_decoder, "attention": _build_attention_decoder}
+
+
+def build_decoder(config: DecoderConfig, vocab_size: int) -> RNNDecoder | AttentionDecoder:
+    """The decoder named by ``config.name``."""
+    if config.name not in DECODERS:
+        raise ConfigError(f"unknown decoder '{config.name}' (decoder.name); valid: {', '.join(DECODERS)}")
+    return DECODERS[config.name](config, vocab_size)

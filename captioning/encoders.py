@@ -74,10 +74,14 @@ class ConvStack(layers.Layer):
         batch, grid_height, grid_width, channels = ops.shape(features)
         return ops.reshape(features, (batch, grid_height * grid_width, channels))
 
-    def compute_output_shape(self, input_shape):
-        batch, height, width, _ = input_shape
+    def grid_shape(self, image_shape) -> tuple[int, int]:
+        """(grid_height, grid_width) of the regions for images of (height, width, 3)."""
         scale = 2 ** len(self.filters)
-        return (batch, (height // scale) * (width // scale), self.filters[-1])
+        return (image_shape[0] // scale, image_shape[1] // scale)
+
+    def compute_output_shape(self, input_shape):
+        grid_height, grid_width = self.grid_shape(tuple(input_shape)[1:])
+        return (input_shape[0], grid_height * grid_width, self.filters[-1])
 
     def get_config(self):
         return {
@@ -173,6 +177,11 @@ class PretrainedBackbone(layers.Layer):
         features = self.network(images, training=training)  # (batch, grid_height, grid_width, channels)
         batch, grid_height, grid_width, channels = ops.shape(features)
         return ops.reshape(features, (batch, grid_height * grid_width, channels))
+
+    def grid_shape(self, image_shape) -> tuple[int, int]:
+        """(grid_height, grid_width) of the regions for images of (height, width, 3)."""
+        grid = self.network.compute_output_shape((None, *image_shape))
+        return (grid[1], grid[2])
 
     def compute_output_shape(self, input_shape):
         grid = self.network.compute_output_shape(tuple(input_shape))

@@ -1,4 +1,4 @@
-"""PNG plots of a run: training curves from its history."""
+"""PNG plots: a run's training curves from its history, and comparisons of several runs."""
 
 from __future__ import annotations
 
@@ -23,6 +23,61 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     axis.set_title(title or "training curves")
     axis.grid(alpha=0.3)
     axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+
+
+def plot_metric_bars(labels: list[str], values: dict[str, list[float]], path: str | Path,
+                     errors: dict[str, list[float]] | None = None, title: str = "") -> None:
+    """Grouped bars: one group per metric, one bar per label (run), error bars from ``errors``.
+
+    values: metric name -> one value per label (NaN draws no bar). CIDEr runs to 10 and would
+    flatten BLEU's 0..1 bars, so it gets a panel of its own.
+    """
+    panels = [[name for name in values if name != "cider"], [name for name in values if name == "cider"]]
+    panels = [names for names in panels if names and any(value == value for name in names for value in values[name])]
+    panels = panels or [list(values)]  # nothing measured: empty axes rather than no file
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 + 0.3 * len(labels) * len(values), 4.5), dpi=100,
+                                squeeze=False, gridspec_kw={"width_ratios": [len(names) for names in panels]})
+    width = 0.8 / len(labels)
+    for axis, names in zip(axes[0], panels):
+        for number, label in enumerate(labels):
+            positions = [group + (number - (len(labels) - 1) / 2) * width for group in range(len(names))]
+            axis.bar(positions, [values[name][number] for name in names], width, color=f"C{number % 10}",
+                     yerr=[errors[name][number] for name in names] if errors else None, capsize=3, label=label)
+        axis.set_xticks(range(len(names)), names)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("score")
+    axes[0][0].legend(fontsize="small")
+    figure.suptitle(title or "metrics")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+
+
+def plot_learning_curves(histories: dict[str, list[list[dict]]], path: str | Path, title: str = "") -> None:
+    """Validation loss (solid) and training loss (dashed) per epoch, one colour per label.
+
+    histories: label -> the histories of its runs (one per seed), each as plot_training_curves takes.
+    """
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for number, (label, runs) in enumerate(histories.items()):
+        for run_number, history in enumerate(run for run in runs if run):
+            epochs = [row["epoch"] for row in history]
+            for name, style in [("val_loss", "-"), ("loss", "--")]:
+                if name in history[0]:
+                    axis.plot(epochs, [row[name] for row in history], style, marker="o", markersize=3,
+                              color=f"C{number % 10}", label=f"{label} {name}" if run_number == 0 else None)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("masked cross-entropy")
+    axis.set_title(title or "learning curves: val_loss solid, loss dashed")
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
+    axis.grid(alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize="small")
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")

@@ -178,12 +178,14 @@ def build_top_beams_sampler(generation: GenerationConfig, top: int) -> CaptionBe
 
 
 def make_step(decoder):
-    """The sampler's ``next``: cache = {"state": tuple of (batch, units)}."""
+    """The sampler's ``next``: the cache is the decoder's (``decoder.initial_cache``), a
+    dict of tensors whose first axis is the batch (RNN state; attention decoders add the
+    features and their projection)."""
 
     def next_token_logits(prompt, cache, index):
         previous_tokens = prompt[:, index - 1]  # (batch,)
-        logits, state = decoder.step(previous_tokens, cache["state"])  # (batch, vocab)
-        return logits, None, {"state": tuple(state)}
+        logits, cache = decoder.step_cache(previous_tokens, cache)  # (batch, vocab)
+        return logits, None, cache
 
     return next_token_logits
 
@@ -201,5 +203,5 @@ def generate_token_ids(decoder, features, max_length: int, sampler):
         [tf.fill((batch, 1), START_ID), tf.fill((batch, max_length - 1), PAD_ID)], axis=1
     )  # (batch, max_length)
     mask = tf.concat([tf.ones((batch, 1), tf.bool), tf.zeros((batch, max_length - 1), tf.bool)], axis=1)
-    cache = {"state": tuple(decoder.initial_state(features, training=False))}
+    cache = decoder.initial_cache(features)
     return sampler(make_step(decoder), prompt, cache=cache, index=1, mask=mask, stop_token_ids=(END_ID,))

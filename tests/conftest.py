@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pytest
 
 from captioning.config import load_config
@@ -53,3 +54,11 @@ def trained_run(tiny_data_root):
     run_dir = tiny_data_root / "runs" / "tiny"
     train(tiny_config(tiny_data_root), run_dir, verbose=0)
     return run_dir
+
+
+def random_decoder_inputs(vocab_size, batch=3, regions=4, channels=5, length=7, seed=0):
+    """features (batch, regions, channels) float32 and token_ids (batch, length) int32 in 1..vocab_size - 1."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(batch, regions, channels)).astype("float32")
+    token_ids = rng.integers(1, vocab_size, size=(batch, length)).astype("int32")
+    return features, token_ids

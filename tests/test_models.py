@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 
 from captioning.config import DecoderConfig, EncoderConfig
-from captioning.decoders import CELLS, RNNDecoder, build_decoder
+from captioning.decoders import CELLS, DECODERS, build_decoder
 from captioning.encoders import ENCODERS, EncoderWeightsError, build_encoder, normalization_for
 from captioning.images import NORMALIZATIONS
+from conftest import random_decoder_inputs
 
 IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
 ENCODER_CONFIGS = {
@@ -145,16 +146,19 @@ def test_vgg16_imagenet_offline_says_how_to_give_a_local_file(monkeypatch):
 VOCAB_SIZE = 11
 
 
-def make_decoder(cell, pooling="mean", dropout=0.0):
-    config = DecoderConfig(cell=cell, embedding_dim=6, units=8, dropout=dropout, image_pooling=pooling)
+def make_decoder(cell, pooling="mean", dropout=0.0, name="rnn"):
+    config = DecoderConfig(name=name, cell=cell, embedding_dim=6, units=8, dropout=dropout, image_pooling=pooling,
+                           attention_units=5)
     return build_decoder(config, VOCAB_SIZE)
 
 
+@pytest.fixture(params=sorted(DECODERS))
+def decoder_name(request):
+    return request.param
+
+
 def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
-    rng = np.random.default_rng(seed)
-    features = rng.normal(size=(batch, regions, channels)).astype("float32")
-    token_ids = rng.integers(1, VOCAB_SIZE, size=(batch, length)).astype("int32")
-    return features, token_ids
+    return random_decoder_inputs(VOCAB_SIZE, batch, regions, channels, length, seed)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
@@ -166,9 +170,9 @@ def test_decoder_logits_shape(cell, pooling):
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_decoder_step_by_step_equals_the_whole_sequence(cell):
+def test_decoder_step_by_step_equals_the_whole_sequence(cell, decoder_name):
     """Generation (one token at a time, state carried) must see what training saw."""
-    decoder = make_decoder(cell)
+    decoder = make_decoder(cell, name=decoder_name)
     features, token_ids = decoder_inputs()
     expected = np.asarray(decoder((features, token_ids), training=False))  # (batch, length, vocab)
     state = decoder.initial_state(features)
@@ -178,11 +182,11 @@ def test_decoder_step_by_step_equals_the_whole_sequence(cell):
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_decoder_serialization_round_trip(cell):
-    decoder = make_decoder(cell, pooling="flatten", dropout=0.2)
+def test_decoder_serialization_round_trip(cell, decoder_name):
+    decoder = make_decoder(cell, pooling="flatten", dropout=0.2, name=decoder_name)
     features, token_ids = decoder_inputs()
     expected = decoder((features, token_ids), training=False)
-    restored = RNNDecoder.from_config(decoder.get_config())
+    restored = decoder.__class__.from_config(decoder.get_config())
     restored((features, token_ids))
     restored.set_weights(decoder.get_weights())
     np.testing.assert_allclose(restored((features, token_ids), training=False), expected, rtol=1e-5, atol=1e-6)
@@ -190,8 +194,8 @@ def test_decoder_serialization_round_trip(cell):
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_every_decoder_weight_gets_a_gradient(cell):
-    decoder = make_decoder(cell, pooling="flatten")
+def test_every_decoder_weight_gets_a_gradient(cell, decoder_name):
+    decoder = make_decoder(cell, pooling="flatten", name=decoder_name)
     features, token_ids = decoder_inputs()
     decoder((features, token_ids))
     with tf.GradientTape() as tape:

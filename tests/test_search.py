@@ -32,6 +32,14 @@ class TransitionDecoder:
         self.steps += 1
         return tf.gather(self.table, token_ids), [state[0] + 1.0]  # (batch, vocab), state counts steps
 
+    # The decoders' sampler interface, as RNNDecoder implements it over initial_state / step.
+    def initial_cache(self, features):
+        return {"state": tuple(self.initial_state(features))}
+
+    def step_cache(self, token_ids, cache):
+        logits, state = self.step(token_ids, cache["state"])
+        return logits, {"state": tuple(state)}
+
 
 def generate(decoder, batch=2, max_length=8):
     features = tf.zeros((batch, 3, 4))

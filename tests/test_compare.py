@@ -1,0 +1,159 @@
+"""End to end: compare() trains two tiny experiments, tabulates and plots them, then reuses,
+resumes and repeats over seeds without training anything twice."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from captioning import coco_metrics
+from captioning.cli import parse_arguments
+from captioning.compare import compare, expand_experiments, markdown_table
+from captioning.config import load_config, to_toml
+from captioning.runs import is_finished, load_run_config, run_dirs
+from conftest import tiny_config
+
+COMPARED_VALUES = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "trainable_parameters",
+                   "training_seconds", "epochs", "best_epoch"]
+
+
+def write_experiment(path, data_root, *overrides):
+    """An experiment TOML file holding the tiny test config (one epoch) plus ``overrides``."""
+    config = tiny_config(data_root, "training.epochs=1", *overrides)
+    config.name = path.stem
+    path.write_text(to_toml(config))
+    return path
+
+
+def quietly(function, *args, **kwargs):
+    """Runs ``function``; returns (its result, what it printed)."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        result = function(*args, **kwargs)
+    return result, output.getvalue()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def meteor_without_java():
+    """A fixed METEOR score: the real jar takes about 10 s to start for every evaluation."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coco_metrics, "meteor_score", lambda references, hypotheses: 0.25)
+        yield
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, meteor_without_java):
+    """Two tiny experiments differing only in decoder.cell, compared once (both trained)."""
+    root = tmp_path_factory.mktemp("compare")
+    experiments = [write_experiment(root / "tiny_gru.toml", root, "decoder.cell=gru"),
+                   write_experiment(root / "tiny_lstm.toml", root, "decoder.cell=lstm")]
+    table, printed = quietly(compare, experiments, root / "out", runs_root=root / "runs")
+    return SimpleNamespace(root=root, experiments=experiments, table=table, printed=printed)
+
+
+def copy_of_runs(compared, tmp_path):
+    """A copy of the compared runs, for tests that change or add runs."""
+    runs_root = tmp_path / "runs"
+    shutil.copytree(compared.root / "runs", runs_root)
+    return runs_root
+
+
+def test_compare_trains_each_experiment_and_writes_table_and_plots(compared):
+    assert compared.printed.count(": trained ") == 2, compared.printed
+    out = compared.root / "out"
+    for name in ["compare_metrics.png", "compare_curves.png"]:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    saved = pd.read_csv(out / "compare.csv")
+    assert list(saved["experiment"]) == ["tiny_gru", "tiny_lstm"]
+    markdown = (out / "compare.md").read_text().splitlines()
+    assert markdown[0].startswith("| experiment | decoder.cell |") and len(markdown) == 2 + 2
+
+
+def test_table_shows_only_the_fields_that_differ(compared):
+    table = compared.table
+    assert len(table) == 2
+    assert list(table["decoder.cell"]) == ["gru", "lstm"]
+    for same in ["decoder.units", "training.seed", "training.epochs", "data.root", "images.cache_dir", "name"]:
+        assert same not in table.columns
+
+
+def test_table_values_are_each_runs_own_metrics(compared):
+    for row in compared.table.to_dict("records"):
+        run_dir = Path(row["run"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for name in COMPARED_VALUES:
+            assert row[name] == pytest.approx(metrics[name]), name
+        for name in ["cider", "meteor", "rouge_l"]:
+            assert row[name] == pytest.approx(metrics[name]), name
+        assert load_run_config(run_dir).decoder.cell == row["decoder.cell"]
+
+
+def test_second_compare_reuses_finished_runs(compared, tmp_path):
+    before = run_dirs(compared.root / "runs")
+    table, printed = quietly(compare, compared.experiments, tmp_path / "out", runs_root=compared.root / "runs")
+    assert run_dirs(compared.root / "runs") == before
+    assert printed.count(": reused ") == 2 and "trained" not in printed, printed
+    assert list(table["run"]) == list(compared.table["run"])
+
+
+def test_unfinished_run_is_resumed_not_duplicated(compared, tmp_path):
+    runs_root = copy_of_runs(compared, tmp_path)
+    interrupted = next(run_dir for run_dir in run_dirs(runs_root) if run_dir.name.endswith("tiny_gru"))
+    (interrupted / "metrics.json").unlink()
+    (interrupted / "model.weights.h5").unlink()
+    before = run_dirs(runs_root)
+    table, printed = quietly(compare, compared.experiments, tmp_path / "out", runs_root=runs_root)
+    assert f"tiny_gru (seed 0): resumed {interrupted}" in printed and ": reused " in printed, printed
+    assert run_dirs(runs_root) == before and is_finished(interrupted)
+    assert table.loc[0, "run"] == str(interrupted)
+
+
+def test_seeds_give_one_row_with_mean_and_std(compared, tmp_path):
+    runs_root = copy_of_runs(compared, tmp_path)
+    table, printed = quietly(compare, compared.experiments[:1], tmp_path / "out", runs_root=runs_root, seeds=[0, 1])
+    assert "(seed 0): reused" in printed and "(seed 1): trained" in printed, printed
+    assert len(table) == 1 and table.loc[0, "seeds"] == "0 1"
+    assert "±" in table.loc[0, "bleu_4"] and "training.seed" not in table.columns
+    bleu_4 = [json.loads(Path(run, "metrics.json").read_text())["bleu_4"] for run in table.loc[0, "run"].split(" ")]
+    assert len(bleu_4) == 2
+    saved = pd.read_csv(tmp_path / "out" / "compare.csv")
+    assert saved.loc[0, "bleu_4_mean"] == pytest.approx(sum(bleu_4) / 2)
+    assert "±" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_a_folder_stands_for_its_experiment_files_in_name_order(tmp_path):
+    for name in ["b.toml", "a.toml", "notes.txt"]:
+        (tmp_path / name).write_text("")
+    assert expand_experiments([tmp_path]) == [tmp_path / "a.toml", tmp_path / "b.toml"]
+    assert load_config(tmp_path / "a.toml").name == "a"
+
+
+def test_markdown_table_rounds_and_leaves_missing_values_empty():
+    table = pd.DataFrame({"experiment": ["a|b"], "bleu_4": [0.123456], "cider": [float("nan")], "training_seconds": [12.34]})
+    assert markdown_table(table).splitlines() == [
+        "| experiment | bleu_4 | cider | training_seconds |", "|---|---|---|---|", "| a\\|b | 0.123 |  | 12.3 |"]
+
+
+def test_the_same_config_and_seed_repeat_bleu_4(compared, tmp_path):
+    """Retrained from scratch in another runs folder, a config and seed score the same on CPU."""
+    table, printed = quietly(compare, compared.experiments[:1], tmp_path / "out", runs_root=tmp_path / "runs")
+    assert ": trained " in printed and table.loc[0, "run"] != compared.table.loc[0, "run"]
+    assert table.loc[0, "bleu_4"] == pytest.approx(compared.table.loc[0, "bleu_4"], abs=0.005)
+    # one tiny epoch leaves BLEU-4 near 0, so also check the losses, which every weight moves
+    first, again = (pd.read_csv(Path(run, "history.csv")) for run in [compared.table.loc[0, "run"], table.loc[0, "run"]])
+    assert list(again["val_loss"]) == pytest.approx(list(first["val_loss"]), rel=1e-4)
+
+
+def test_compare_command_line():
+    arguments = parse_arguments(["compare", "a.toml", "experiments/", "--seeds", "0", "1", "--set", "training.epochs=1"])
+    assert arguments.experiments == ["a.toml", "experiments/"] and arguments.seeds == [0, 1]
+    assert arguments.set == ["training.epochs=1"] and arguments.out == "runs/compare"
