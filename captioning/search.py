@@ -15,7 +15,7 @@ from keras import ops, tree
 from keras_hub.src.utils.tensor_utils import any_equal
 
 from captioning.config import ConfigError, GenerationConfig
-from captioning.vocabulary import END_ID, PAD_ID, START_ID
+from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID
 
 
 class CaptionBeamSampler(keras_hub.samplers.BeamSampler):
@@ -185,9 +185,18 @@ def make_step(decoder):
     def next_token_logits(prompt, cache, index):
         previous_tokens = prompt[:, index - 1]  # (batch,)
         logits, cache = decoder.step_cache(previous_tokens, cache)  # (batch, vocab)
-        return logits, None, cache
+        return forbid_special_tokens(logits), None, cache
 
     return next_token_logits
+
+
+def forbid_special_tokens(logits):
+    """<pad>, <start> and <unk> are never generated: a caption saying "<unk>" helps nobody.
+
+    logits: (batch, vocab) -> the same with those three columns at -1e9 (<end> stays allowed).
+    """
+    forbidden = ops.sum(ops.one_hot([PAD_ID, START_ID, UNKNOWN_ID], ops.shape(logits)[-1]), axis=0)  # (vocab,) 0/1
+    return ops.where(forbidden[None, :] > 0, ops.full_like(logits, -1e9), logits)
 
 
 def generate_token_ids(decoder, features, max_length: int, sampler):

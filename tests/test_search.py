@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from captioning.config import ConfigError, GenerationConfig
 from captioning.search import SAMPLERS, CaptionBeamSampler, build_sampler, build_top_beams_sampler, generate_token_ids
-from captioning.vocabulary import END_ID, PAD_ID, START_ID
+from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID
 
 VOCAB_SIZE = 10
 
@@ -271,3 +271,11 @@ def test_samplers_are_built_from_the_generation_section():
 def test_bad_generation_settings_are_config_errors(generation, message):
     with pytest.raises(ConfigError, match=message):
         build_sampler(generation)
+
+
+def test_special_tokens_are_never_generated():
+    """<unk> (3) is the most likely token after <start>, then 5: greedy must say 5."""
+    decoder = TransitionDecoder({START_ID: UNKNOWN_ID, 5: END_ID, UNKNOWN_ID: END_ID})
+    decoder.table = tf.tensor_scatter_nd_update(decoder.table, [[START_ID, 5]], [4.0])  # second best after <unk>
+    token_ids = generate(decoder, batch=1, max_length=5)
+    np.testing.assert_array_equal(token_ids[0], [START_ID, 5, END_ID, PAD_ID, PAD_ID])
