@@ -16,7 +16,7 @@ from captioning.cli import main
 from captioning.config import ConfigError, DecoderConfig, GenerationConfig, load_config, to_dict
 from captioning.decoders import CELLS, AttentionDecoder, build_decoder
 from captioning.model import build_model
-from captioning.search import CaptionBeamSampler, build_sampler, generate_token_ids
+from captioning.search import CaptionBeamSampler, build_sampler, forbid_special_tokens, generate_token_ids
 from captioning.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
 
 from conftest import random_decoder_inputs, tiny_config
@@ -169,7 +169,8 @@ def test_greedy_decoding_follows_the_decoders_own_argmax():
     features, _ = decoder_inputs(batch=2, regions=6)
     token_ids = np.asarray(generate_token_ids(decoder, features, 6, build_sampler(GenerationConfig())))
     assert token_ids.shape == (2, 6) and np.all(token_ids[:, 0] == START_ID)
-    logits = np.asarray(decoder((features, token_ids[:, :-1]), training=False))  # (2, 5, vocab)
+    # generation never emits <pad>/<start>/<unk>: compare with the argmax over the other tokens
+    logits = np.asarray(forbid_special_tokens(decoder((features, token_ids[:, :-1]), training=False)))  # (2, 5, vocab)
     for row in range(2):
         generated = token_ids[row, 1:].tolist()
         length = generated.index(END_ID) + 1 if END_ID in generated else len(generated)
@@ -188,7 +189,7 @@ def test_beam_search_with_width_two_scores_each_beam_by_its_own_image(cell):
     assert np.all(token_ids[:, :, 0] == START_ID) and np.all((token_ids >= 0) & (token_ids < VOCAB_SIZE))
     for image in range(2):
         logits = decoder((np.repeat(features[image:image + 1], 2, axis=0), token_ids[image, :, :-1]), training=False)
-        log_probs = np.asarray(tf.nn.log_softmax(logits))  # (beams, 5, vocab)
+        log_probs = np.asarray(tf.nn.log_softmax(forbid_special_tokens(logits)))  # (beams, 5, vocab)
         for beam in range(2):
             generated = token_ids[image, beam, 1:].tolist()
             length = generated.index(END_ID) + 1 if END_ID in generated else len(generated)
