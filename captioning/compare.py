@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from captioning.config import ConfigError, ExperimentConfig, load_config, to_dict
+from captioning.config import ConfigError, ExperimentConfig, flatten, load_config, to_dict
 from captioning.files import write_text
 from captioning.plots import plot_learning_curves, plot_metric_bars
-from captioning.runs import HISTORY_FILE, METRICS_FILE, RUNS_ROOT, is_finished, load_run_config, new_run_dir, run_dirs
+from captioning.runs import HISTORY_FILE, METRICS_FILE, RUNS_ROOT, is_finished, new_run_dir, saved_configs
 from captioning.train import train
 
 # Caption metrics from metrics.json; the optional ones get a column only when some run has them.
@@ -100,17 +100,6 @@ def expand_experiments(paths) -> list[Path]:
     return experiments
 
 
-def saved_configs(runs_root: Path) -> dict[Path, dict]:
-    """Every run directory under ``runs_root`` -> its saved config as a dict."""
-    saved = {}
-    for run_dir in run_dirs(runs_root):
-        try:
-            saved[run_dir] = to_dict(load_run_config(run_dir))
-        except ConfigError:
-            continue  # written by another version of config.py: cannot equal a config resolved now
-    return saved
-
-
 def run_or_reuse(config: ExperimentConfig, runs_root: Path, saved: dict[Path, dict], verbose) -> tuple[Path, dict]:
     """The newest finished run with exactly ``config`` is reused, else the newest unfinished one
     is resumed, else a new run is trained. Returns (run directory, metrics)."""
@@ -125,17 +114,6 @@ def run_or_reuse(config: ExperimentConfig, runs_root: Path, saved: dict[Path, di
         metrics = train(config, run_dir, verbose)
     print(f"{config.name} (seed {config.training.seed}): {action} {run_dir}")
     return run_dir, metrics
-
-
-def flatten(values: dict) -> dict:
-    """``{"decoder": {"cell": "gru"}}`` -> ``{"decoder.cell": "gru"}``."""
-    flat = {}
-    for section, fields in values.items():
-        if isinstance(fields, dict):
-            flat.update({f"{section}.{field}": value for field, value in fields.items()})
-        else:
-            flat[section] = fields
-    return flat
 
 
 def differing_fields(configs: list[ExperimentConfig], ignored: set[str] = NOT_COMPARED) -> list[str]:

@@ -302,6 +302,13 @@ def _toml_value(value) -> str:
     return f'"{escaped}"'
 
 
-def from_dict(values: dict, source: str = "config") -> ExperimentConfig:
-    return apply_values(ExperimentConfig(), values, source)
+def flatten(values: dict) -> dict:
+    """``{"decoder": {"cell": "gru"}}`` -> ``{"decoder.cell": "gru"}`` (top-level ``name`` stays)."""
+    flat = {}
+    for section, fields in values.items():
+        if isinstance(fields, dict):
+            flat.update({f"{section}.{field}": value for field, value in fields.items()})
+        else:
+            flat[section] = fields
+    return flat
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from captioning.config import ExperimentConfig, load_config, to_dict
+from captioning.config import ConfigError, ExperimentConfig, flatten, load_config, to_dict
 
 RUNS_ROOT = Path("runs")
 CONFIG_FILE = "config.toml"
@@ -50,20 +50,31 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / METRICS_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file()
 
 
-def latest_run(runs_root: Path = RUNS_ROOT, finished: bool = True) -> Path:
-    """The newest run directory (with trained weights, unless finished=False)."""
-    candidates = [path for path in run_dirs(runs_root) if (path / WEIGHTS_FILE).is_file() or not finished]
+def latest_run(runs_root: Path = RUNS_ROOT) -> Path:
+    """The newest run directory with trained weights."""
+    candidates = [path for path in run_dirs(runs_root) if (path / WEIGHTS_FILE).is_file()]
     if not candidates:
         raise RunError(f"no trained run under {runs_root}/: run 'make train' first, or pass RUN=path/to/run")
     return candidates[-1]
 
 
+def saved_configs(runs_root: Path = RUNS_ROOT) -> dict[Path, dict]:
+    """Every run directory under ``runs_root`` -> its saved config as a dict, oldest first."""
+    saved = {}
+    for run_dir in run_dirs(runs_root):
+        try:
+            saved[run_dir] = to_dict(load_run_config(run_dir))
+        except ConfigError:
+            continue  # written by another version of config.py: cannot equal a config resolved now
+    return saved
+
+
 def unfinished_run_with_config(config: ExperimentConfig, runs_root: Path = RUNS_ROOT) -> Path | None:
     """The newest unfinished run whose saved config equals ``config`` (an interrupted `make train`)."""
-    for run_dir in reversed(run_dirs(runs_root)):
-        if not is_finished(run_dir) and to_dict(load_run_config(run_dir)) == to_dict(config):
-            return run_dir
-    return None
+    wanted = to_dict(config)
+    matches = [run_dir for run_dir, values in saved_configs(runs_root).items()
+               if values == wanted and not is_finished(run_dir)]
+    return matches[-1] if matches else None
 
 
 def load_run_config(run_dir: Path, overrides: list[str] = ()) -> ExperimentConfig:
@@ -75,14 +86,6 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> ExperimentConfi
 
 def config_differences(saved: ExperimentConfig, requested: ExperimentConfig) -> list[str]:
     """``["decoder.units: 512 -> 256", ...]`` for every field that differs."""
-    saved_values, requested_values = to_dict(saved), to_dict(requested)
-    differences = []
-    for section, values in saved_values.items():
-        if not isinstance(values, dict):
-            if values != requested_values[section]:
-                differences.append(f"{section}: {values!r} -> {requested_values[section]!r}")
-            continue
-        for field, value in values.items():
-            if value != requested_values[section][field]:
-                differences.append(f"{section}.{field}: {value!r} -> {requested_values[section][field]!r}")
-    return differences
+    saved_values, requested_values = flatten(to_dict(saved)), flatten(to_dict(requested))
+    return [f"{key}: {value!r} -> {requested_values[key]!r}" for key, value in saved_values.items()
+            if value != requested_values[key]]

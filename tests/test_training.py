@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from captioning.checkpoints import TrainingCheckpoint
-from captioning.config import to_dict
+from captioning.config import to_dict, to_toml
 from captioning.runs import RunError, load_run_config
 from captioning.train import train
 from conftest import tiny_config
@@ -96,3 +96,17 @@ def test_captions_depend_on_the_image(tmp_path):
     metrics = train(config, tmp_path / "run", verbose=0)
     # measured: BLEU-4 0.379 vs 0.254 shuffled (52 s); a decoder that ignores the image scores the same on both
     assert metrics["bleu_4"] > metrics["bleu_4_shuffled_images"] + 0.05, metrics
+
+
+def test_an_old_run_with_an_unreadable_config_does_not_block_a_new_run(tmp_path, tiny_data_root):
+    from captioning.runs import unfinished_run_with_config
+
+    old_run = tmp_path / "runs" / "20200101-000000-old"
+    old_run.mkdir(parents=True)
+    (old_run / "config.toml").write_text("[decoder]\nretired_field = 1\n")
+    config = tiny_config(tiny_data_root)
+    assert unfinished_run_with_config(config, tmp_path / "runs") is None
+    matching = tmp_path / "runs" / "20200102-000000-tiny"
+    matching.mkdir()
+    (matching / "config.toml").write_text(to_toml(config))
+    assert unfinished_run_with_config(config, tmp_path / "runs") == matching
