@@ -116,6 +116,16 @@ class DecoderConfig:
     # "rnn" only: the attention decoder starts from the mean region and looks at each
     # region's position through attention.
     image_pooling: str = "mean"
+    # "rnn" only: layer-normalize the pooled image vector before it is projected. Pretrained
+    # features (e.g. MobileNet's ReLU6 outputs averaged over the grid) have channels of very
+    # different scales; normalized, the projection trains faster. On Flickr8k with frozen
+    # MobileNet it lifted dev BLEU-4 by about 2 points (README). Off by default: the shapes
+    # configs were measured without it.
+    image_norm: bool = False
+    # "rnn" only: also feed the projected image beside every word ("par-inject", Tanti et al.
+    # 2018), not only as the initial state, so the decoder cannot forget it over a long caption.
+    # Costs one Dense and a wider LSTM input; off by default like image_norm.
+    image_every_step: bool = False
     # Attention only: width of the additive attention's hidden layer (v^T tanh(W_f f + W_h h));
     # 256 is below the 512 recurrent units, enough to score a few dozen regions, and
     # W_f f is computed for every region of every caption.

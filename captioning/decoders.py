@@ -38,9 +38,13 @@ class RNNDecoder(keras.Model):
     image_pooling: "mean" averages the regions (fine for pretrained features); "flatten"
     keeps every region's position, which spatial words ("left of") need when the encoder
     is small and trained from scratch.
+    image_norm: layer-normalize the pooled image vector first (pretrained features' channels
+    differ widely in scale).
+    image_every_step: also feed the image, projected to a word's width, beside every word.
     """
 
-    def __init__(self, vocab_size, embedding_dim=256, units=512, cell="lstm", dropout=0.3, image_pooling="mean", **kwargs):
+    def __init__(self, vocab_size, embedding_dim=256, units=512, cell="lstm", dropout=0.3, image_pooling="mean",
+                 image_norm=False, image_every_step=False, **kwargs):
         super().__init__(**kwargs)
         if cell not in CELLS:
             raise ConfigError(f"unknown decoder cell '{cell}' (decoder.cell); valid: {', '.join(CELLS)}")
@@ -52,8 +56,13 @@ class RNNDecoder(keras.Model):
         self.cell = cell
         self.dropout_rate = dropout
         self.image_pooling = image_pooling
+        self.image_norm = image_norm
+        self.image_every_step = image_every_step
         self.state_count = STATES_PER_CELL[cell]
+        self.image_normalization = layers.LayerNormalization(name="image_normalization") if image_norm else None
         self.image_projection = layers.Dense(units * self.state_count, activation="tanh", name="image_projection")
+        # par-inject (Tanti et al., 2018): the image, projected to a word's width, beside every word
+        self.image_input = layers.Dense(embedding_dim, activation="relu", name="image_input") if image_every_step else None
         self.embedding = layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.rnn = CELLS[cell](units, return_sequences=True, return_state=True, name=cell)
         self.dropout = layers.Dropout(dropout)
@@ -62,19 +71,42 @@ class RNNDecoder(keras.Model):
     def build(self, input_shape):
         features_shape, token_shape = input_shape
         pooled_width = features_shape[-1] if self.image_pooling == "mean" else features_shape[1] * features_shape[2]
+        if self.image_normalization is not None:
+            self.image_normalization.build((None, pooled_width))
         self.image_projection.build((None, pooled_width))
+        if self.image_input is not None:
+            self.image_input.build((None, pooled_width))
         self.embedding.build(token_shape)
-        self.rnn.build((None, None, self.embedding_dim))
+        rnn_input_width = self.embedding_dim * (2 if self.image_every_step else 1)
+        self.rnn.build((None, None, rnn_input_width))
         self.output_projection.build((None, None, self.units))
 
-    def initial_state(self, features, training=None) -> list:
-        """features: (batch, regions, channels) -> ``state_count`` tensors of (batch, units)."""
+    def encode_image(self, features, training=None) -> tuple[list, object]:
+        """features: (batch, regions, channels) -> (initial state: ``state_count`` tensors of
+        (batch, units), the per-step image input (batch, embedding_dim) or None)."""
         if self.image_pooling == "mean":
             pooled = ops.mean(features, axis=1)  # (batch, channels)
         else:
             pooled = ops.reshape(features, (ops.shape(features)[0], -1))  # (batch, regions * channels)
-        projected = self.image_projection(self.dropout(pooled, training=training))  # (batch, units * states)
-        return list(ops.split(projected, self.state_count, axis=-1)) if self.state_count > 1 else [projected]
+        if self.image_normalization is not None:
+            pooled = self.image_normalization(pooled)  # each image's vector to zero mean, unit variance
+        pooled = self.dropout(pooled, training=training)
+        projected = self.image_projection(pooled)  # (batch, units * states)
+        state = list(ops.split(projected, self.state_count, axis=-1)) if self.state_count > 1 else [projected]
+        image_input = self.image_input(pooled) if self.image_input is not None else None  # (batch, embedding_dim)
+        return state, image_input
+
+    def initial_state(self, features, training=None) -> list:
+        """features: (batch, regions, channels) -> ``state_count`` tensors of (batch, units)."""
+        return self.encode_image(features, training=training)[0]
+
+    def rnn_inputs(self, embedded, image_input):
+        """embedded: (batch, length, embedding_dim) -> the same, or with the image beside every word
+        (batch, length, 2 * embedding_dim)."""
+        if image_input is None:
+            return embedded
+        repeated = ops.repeat(image_input[:, None, :], ops.shape(embedded)[1], axis=1)  # (batch, length, embedding_dim)
+        return ops.concatenate([embedded, repeated], axis=-1)
 
     def call(self, inputs, training=None):
         """inputs: features (batch, regions, channels), token_ids (batch, length) int32.
@@ -82,28 +114,34 @@ class RNNDecoder(keras.Model):
         Returns logits (batch, length, vocab_size): position t predicts token t + 1.
         """
         features, token_ids = inputs
-        state = self.initial_state(features, training=training)
+        state, image_input = self.encode_image(features, training=training)
         embedded = self.dropout(self.embedding(token_ids), training=training)  # (batch, length, embedding_dim)
-        outputs = self.rnn(embedded, initial_state=state, training=training)[0]  # (batch, length, units)
+        outputs = self.rnn(self.rnn_inputs(embedded, image_input), initial_state=state, training=training)[0]  # (batch, length, units)
         return self.output_projection(self.dropout(outputs, training=training))  # (batch, length, vocab_size)
 
-    def step(self, token_ids, state):
-        """token_ids: (batch,) int32, the last token; state from initial_state or step.
+    def step(self, token_ids, state, image_input=None):
+        """token_ids: (batch,) int32, the last token; state from initial_state or step;
+        image_input: (batch, embedding_dim) from encode_image when image_every_step.
 
         Returns logits (batch, vocab_size) for the next token, and the new state.
         """
         embedded = self.embedding(token_ids)[:, None, :]  # (batch, 1, embedding_dim)
-        outputs, *state = self.rnn(embedded, initial_state=list(state))  # (batch, 1, units)
+        outputs, *state = self.rnn(self.rnn_inputs(embedded, image_input), initial_state=list(state))  # (batch, 1, units)
         return self.output_projection(outputs[:, 0]), state  # (batch, vocab_size)
 
     def initial_cache(self, features) -> dict:
-        """The sampler's starting cache: {"state": tuple of (batch, units)}."""
-        return {"state": tuple(self.initial_state(features, training=False))}
+        """The sampler's starting cache: {"state": tuple of (batch, units)}, and with
+        image_every_step {"image": (batch, embedding_dim)} (beam search repeats it per beam)."""
+        state, image_input = self.encode_image(features, training=False)
+        cache = {"state": tuple(state)}
+        if image_input is not None:
+            cache["image"] = image_input
+        return cache
 
     def step_cache(self, token_ids, cache: dict):
         """token_ids: (batch,) int32 -> logits (batch, vocab_size) and the next cache."""
-        logits, state = self.step(token_ids, cache["state"])
-        return logits, {"state": tuple(state)}
+        logits, state = self.step(token_ids, cache["state"], cache.get("image"))
+        return logits, {**cache, "state": tuple(state)}
 
     def get_config(self):
         return {
@@ -114,6 +152,8 @@ class RNNDecoder(keras.Model):
             "cell": self.cell,
             "dropout": self.dropout_rate,
             "image_pooling": self.image_pooling,
+            "image_norm": self.image_norm,
+            "image_every_step": self.image_every_step,
         }
 
 
@@ -291,7 +331,8 @@ class AttentionDecoder(keras.Model):
 def _build_rnn_decoder(config: DecoderConfig, vocab_size: int) -> RNNDecoder:
     return RNNDecoder(
         vocab_size=vocab_size, embedding_dim=config.embedding_dim, units=config.units, cell=config.cell,
-        dropout=config.dropout, image_pooling=config.image_pooling, name="decoder",
+        dropout=config.dropout, image_pooling=config.image_pooling, image_norm=config.image_norm,
+        image_every_step=config.image_every_step, name="decoder",
     )
 
 

@@ -146,13 +146,18 @@ def test_vgg16_imagenet_offline_says_how_to_give_a_local_file(monkeypatch):
 VOCAB_SIZE = 11
 
 
+# "rnn+image": the rnn decoder with the image normalized and fed beside every word
+DECODER_VARIANTS = {**{name: {} for name in DECODERS}, "rnn+image": {"image_norm": True, "image_every_step": True}}
+
+
 def make_decoder(cell, pooling="mean", dropout=0.0, name="rnn"):
-    config = DecoderConfig(name=name, cell=cell, embedding_dim=6, units=8, dropout=dropout, image_pooling=pooling,
-                           attention_units=5)
+    options = DECODER_VARIANTS[name]
+    config = DecoderConfig(name=name.split("+")[0], cell=cell, embedding_dim=6, units=8, dropout=dropout,
+                           image_pooling=pooling, attention_units=5, **options)
     return build_decoder(config, VOCAB_SIZE)
 
 
-@pytest.fixture(params=sorted(DECODERS))
+@pytest.fixture(params=sorted(DECODER_VARIANTS))
 def decoder_name(request):
     return request.param
 
@@ -163,10 +168,27 @@ def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 @pytest.mark.parametrize("pooling", ["mean", "flatten"])
-def test_decoder_logits_shape(cell, pooling):
-    decoder = make_decoder(cell, pooling)
+@pytest.mark.parametrize("name", ["rnn", "rnn+image"])
+def test_decoder_logits_shape(cell, pooling, name):
+    decoder = make_decoder(cell, pooling, name=name)
     features, token_ids = decoder_inputs()
     assert tuple(decoder((features, token_ids)).shape) == (3, 7, VOCAB_SIZE)
+
+
+def test_image_every_step_makes_every_position_depend_on_the_image():
+    """With par-inject, changing only the image changes the logits at every position even
+    when the initial state is the same, i.e. the image reaches the cell beside each word."""
+    decoder = make_decoder("lstm", name="rnn+image")
+    features, token_ids = decoder_inputs()
+    decoder((features, token_ids))
+    state, image_input = decoder.encode_image(features)
+    other_image_input = decoder.encode_image(np.roll(features, 1, axis=0))[1]  # each row another image
+    assert image_input is not None and tuple(image_input.shape) == (3, 6)
+    embedded = decoder.embedding(token_ids)
+    same_start = decoder.rnn(decoder.rnn_inputs(embedded, image_input), initial_state=state)[0]
+    other_image = decoder.rnn(decoder.rnn_inputs(embedded, other_image_input), initial_state=state)[0]
+    assert np.all(np.abs(np.asarray(same_start) - np.asarray(other_image)).max(axis=-1) > 1e-6)
+    assert make_decoder("lstm").encode_image(features)[1] is None  # off by default
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
@@ -175,9 +197,9 @@ def test_decoder_step_by_step_equals_the_whole_sequence(cell, decoder_name):
     decoder = make_decoder(cell, name=decoder_name)
     features, token_ids = decoder_inputs()
     expected = np.asarray(decoder((features, token_ids), training=False))  # (batch, length, vocab)
-    state = decoder.initial_state(features)
+    cache = decoder.initial_cache(features)
     for position in range(token_ids.shape[1]):
-        logits, state = decoder.step(token_ids[:, position], state)
+        logits, cache = decoder.step_cache(token_ids[:, position], cache)
         np.testing.assert_allclose(logits, expected[:, position], rtol=1e-4, atol=1e-5)
 
 
