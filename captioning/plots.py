@@ -13,16 +13,25 @@ from captioning.files import atomic_path  # noqa: E402
 
 
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> None:
-    """One line per logged quantity (loss, val_loss, ...) against the epoch number."""
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    """Losses (loss, val_loss, ...) against the epoch number; beside them, when the history
+    has it, validation BLEU-4 per epoch."""
+    names = [key for key in history[0] if key != "epoch"] if history else []
+    bleu_names = [name for name in names if "bleu" in name]
+    loss_names = [name for name in names if name not in bleu_names]
+    figure, axes = plt.subplots(1, 2 if bleu_names else 1, figsize=(11 if bleu_names else 6, 4), dpi=100,
+                                squeeze=False)
     epochs = [row["epoch"] for row in history]
-    for name in [key for key in history[0] if key != "epoch"] if history else []:
-        axis.plot(epochs, [row.get(name) for row in history], marker="o", label=name)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("masked cross-entropy")
-    axis.set_title(title or "training curves")
-    axis.grid(alpha=0.3)
-    axis.legend()
+    panels = [(axes[0][0], loss_names, "masked cross-entropy")]
+    if bleu_names:
+        panels.append((axes[0][1], bleu_names, "BLEU-4 (greedy, early-stopping images)"))
+    for axis, panel_names, label in panels:
+        for name in panel_names:
+            axis.plot(epochs, [row.get(name) for row in history], marker="o", label=name)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    axes[0][0].set_title(title or "training curves")
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")

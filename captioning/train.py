@@ -26,6 +26,7 @@ from captioning.plots import plot_training_curves
 from captioning.runs import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
                              RunError, config_differences, load_run_config)
 from captioning.splits import check_splits, training_and_stopping_examples
+from captioning.validation import ValidationBleu
 from captioning.vocabulary import Vocabulary
 
 BEST_WEIGHTS_FILE = "best.weights.h5"  # inside checkpoint/: the training model's best epoch
@@ -73,6 +74,24 @@ def cached_features(config: ExperimentConfig, examples, label: str) -> np.ndarra
     )
 
 
+def validation_bleu(config: ExperimentConfig, stopping_examples, stopping_features, reader: ImageReader,
+                    vocabulary: Vocabulary) -> ValidationBleu:
+    """The per-epoch BLEU-4 callback over the first ``validation_bleu_images`` early-stopping
+    images: from their cached features when there are some, else from the images."""
+    examples = stopping_examples[: config.training.validation_bleu_images]
+    batch_size = config.training.batch_size
+
+    def batches():
+        if stopping_features is not None:
+            for start in range(0, len(examples), batch_size):
+                yield {"features": np.asarray(stopping_features[start:start + batch_size], dtype=np.float32)}
+        else:
+            for images in image_dataset([example.image_path for example in examples], reader, batch_size):
+                yield {"images": images}  # (batch, y, x, 3)
+
+    return ValidationBleu(batches, [example.captions for example in examples], vocabulary, config.decoder.max_length)
+
+
 def export_model(config: ExperimentConfig, trained_model, vocabulary: Vocabulary, path: Path) -> None:
     """Saves encoder + decoder weights; a decoder trained on cached features gets its encoder back."""
     if trained_model.encoder is None:
@@ -108,6 +127,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
             tokens = caption_array(examples, vocabulary, captions_per_image, length)
             datasets.append(feature_dataset(features, tokens, batch_size, shuffle=shuffle, seed=seed))
         train_dataset, stopping_dataset = datasets
+        stopping_features = features
         model = build_feature_model(config, vocabulary.size, features.shape[1:])
     else:
         options = dict(vocabulary=vocabulary, reader=reader, captions_per_image=captions_per_image, length=length,
@@ -115,6 +135,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         train_dataset = training_dataset(train_examples, shuffle=True, **options)
         stopping_dataset = training_dataset(stopping_examples, shuffle=False, **options)
         model = build_model(config, vocabulary.size)
+        stopping_features = None
 
     model.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=5.0), loss=masked_loss())
     checkpoint_dir = run_dir / CHECKPOINT_DIR
@@ -123,10 +144,13 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     initial_epoch = checkpoint.restore(model)
     if initial_epoch:
         print(f"resuming {run_dir} after epoch {initial_epoch}")
+    callbacks = [checkpoint]
+    if config.training.validation_bleu_images > 0:  # before the checkpoint, which writes the logs it adds
+        callbacks.insert(0, validation_bleu(config, stopping_examples, stopping_features, reader, vocabulary))
     if initial_epoch < config.training.epochs and not checkpoint.finished:
         with reader.reporting_errors():
             model.fit(train_dataset, validation_data=stopping_dataset, epochs=config.training.epochs,
-                      initial_epoch=initial_epoch, callbacks=[checkpoint], verbose=verbose, shuffle=False)
+                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     model.load_weights(checkpoint_dir / BEST_WEIGHTS_FILE)
     export_model(config, model, vocabulary, run_dir / WEIGHTS_FILE)
     plot_training_curves(checkpoint.state["history"], run_dir / "training_curves.png", title=config.name)

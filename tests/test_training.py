@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import to_dict, to_toml
+from captioning.datasets import load_split
 from captioning.runs import RunError, load_run_config
 from captioning.train import train
 from conftest import tiny_config
@@ -26,7 +28,7 @@ def test_tiny_run_writes_config_vocabulary_weights_history_and_metrics(trained_r
     for name in ["config.toml", "vocabulary.json", "model.weights.h5", "history.csv", "metrics.json", "captions_test.csv"]:
         assert (trained_run / name).is_file(), name
     with Image.open(trained_run / "training_curves.png") as plot:
-        assert plot.format == "PNG" and plot.size == (600, 400)
+        assert plot.format == "PNG" and plot.size == (1100, 400)  # losses | validation BLEU-4
     assert to_dict(load_run_config(trained_run)) == to_dict(tiny_config(tiny_data_root))
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
@@ -35,7 +37,30 @@ def test_tiny_run_writes_config_vocabulary_weights_history_and_metrics(trained_r
     assert 0.0 <= metrics["colour_accuracy"] <= 1.0 and metrics["one_object_images"] > 0
     history = read_history(trained_run)
     assert [int(row["epoch"]) for row in history] == [1, 2]
-    assert {"loss", "val_loss"} <= set(history[0])
+    assert {"loss", "val_loss", "val_bleu_4"} <= set(history[0])
+    assert all(0.0 <= float(row["val_bleu_4"]) <= 1.0 for row in history)
+
+
+def test_validation_bleu_scores_the_models_own_greedy_captions(trained_run, tiny_data_root):
+    """The callback's number is corpus BLEU-4 of what the model says for those images: fed
+    its own captions as references (4+ words each), it must score 1; fed shuffled ones, less."""
+    from captioning.captioner import Captioner
+    from captioning.validation import ValidationBleu
+
+    captioner = Captioner.from_run(trained_run)
+    examples = load_split(captioner.config.data, "val")[:8]
+    images = np.stack([captioner.reader(example.image_path) for example in examples])
+    own_captions = captioner.caption_images(images)
+    assert all(len(caption.split()) >= 4 for caption in own_captions), own_captions
+    callback = ValidationBleu(lambda: [{"images": images}], [[caption] for caption in own_captions],
+                              captioner.vocabulary, captioner.config.decoder.max_length)
+    callback.set_model(captioner.model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_bleu_4"] == pytest.approx(1.0)
+    callback.references = [["a completely different caption about nothing"] for _ in own_captions]
+    callback.on_epoch_end(1, logs)
+    assert logs["val_bleu_4"] < 0.5
 
 
 def test_training_lowers_the_loss(trained_run):
