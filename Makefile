@@ -6,8 +6,9 @@
 #   make caption IMG=path [RUN=dir] [BEAM=width] [TOP=n]   (TOP: the n best beams with their log-probabilities)
 #                [ATTENTION=out.png]   (attention decoders: one panel per word with its attention map)
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json] [BEAM=width]
-#   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes_*.toml] [OUT=dir, default runs/compare]
+#   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes/] [OUT=dir, default runs/compare]
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
+#                [README=name]   (also writes the table into README.md between <!-- results:name --> and <!-- /results -->)
 #   make test
 #
 # BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
@@ -38,7 +39,7 @@ evaluate: $(INSTALLED)
 	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT)) $(if $(BEAM),--beam $(BEAM))
 
 compare: $(INSTALLED)
-	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET))
+	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET)) $(if $(README),--readme $(README))
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

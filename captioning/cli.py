@@ -3,7 +3,7 @@
     python -m captioning train [--experiment FILE] [--run DIR] [--set section.field=value ...]
     python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N] [--attention OUT.png]
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
-    python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...]
+    python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--readme NAME]
 """
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "shapes_conv_gru.toml"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_EXPERIMENT = REPOSITORY_ROOT / "experiments" / "shapes_conv_gru.toml"
+# `make compare`'s default: shapes configs that each change one thing of DEFAULT_EXPERIMENT,
+# sized to finish in under half an hour on 2 CPU cores.
+DEFAULT_COMPARISON = REPOSITORY_ROOT / "experiments" / "shapes"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter hides our output
 
@@ -70,11 +75,16 @@ def parse_arguments(argv):
 
     compare = commands.add_parser("compare", help="train experiments that have no finished run, then tabulate and plot them")
     compare.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
-                         help="experiment TOML files or folders of them (default: experiments/shapes_*.toml)")
+                         help="experiment TOML files or folders of them (default: experiments/shapes/)")
     compare.add_argument("--out", default="runs/compare", help="where compare.csv, compare.md and the PNGs go")
     compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                          help="repeat each experiment with these training.seed values; the table shows mean ± std")
     compare.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="overrides for every experiment")
+    compare.add_argument("--readme", metavar="NAME",
+                         help="also write the table, this command, the date and the machine between "
+                              "'<!-- results:NAME -->' and '<!-- /results -->' in the README")
+    compare.add_argument("--readme-file", default=str(REPOSITORY_ROOT / "README.md"), metavar="FILE",
+                         help="the README that --readme writes into (default: the repository's README.md)")
     return parser.parse_args(argv)
 
 
@@ -140,15 +150,23 @@ def run_evaluate(arguments) -> None:
 def run_compare(arguments) -> None:
     from captioning.compare import compare
 
-    experiments = arguments.experiments or sorted(DEFAULT_EXPERIMENT.parent.glob("shapes_*.toml"))
+    experiments = arguments.experiments or [DEFAULT_COMPARISON]
     compare(experiments, Path(arguments.out), seeds=arguments.seeds, overrides=arguments.set, verbose="auto")
+    if arguments.readme:
+        from captioning.readme_results import fill_results_section, results_text
+
+        table = (Path(arguments.out) / "compare.md").read_text()
+        fill_results_section(Path(arguments.readme_file), arguments.readme, results_text(table, arguments.command_line))
+        print(f"wrote the table into the '{arguments.readme}' results section of {arguments.readme_file}")
 
 
 COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare}
 
 
 def main(argv=None) -> int:
-    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    arguments = parse_arguments(argv)
+    arguments.command_line = "python -m captioning " + shlex.join(argv)  # what compare --readme records
     import_tensorflow_quietly()
     from captioning.errors import USER_ERRORS
 

@@ -1,18 +1,22 @@
 """Compare experiments: train what has no finished run yet, then tabulate and plot the runs.
 
-    compare([Path("experiments/shapes_conv_gru.toml"), Path("experiments/shapes_conv_lstm.toml")],
+    compare([Path("experiments/shapes/conv_gru.toml"), Path("experiments/shapes/conv_lstm.toml")],
             out_dir=Path("runs/compare"), seeds=[0, 1, 2])
 
 Each experiment file (a folder stands for its ``*.toml`` files) is resolved once per seed
-and matched against the saved configs under ``runs_root``: a finished run with exactly that
-config is reused, an unfinished one is resumed, and a config with no run is trained in a
-new run directory. ``out_dir`` then holds:
+and matched against the saved configs under ``runs_root``, ignoring their names (a name is
+only a label): a finished run with that config is reused, an unfinished one is resumed, and
+a config with no run is trained in a new run directory. A config that differs from a
+finished run's only in ``[generation]`` (greedy vs beam search) is not trained again: that
+run's weights are copied into a run directory of its own and evaluated with this config's
+generation settings; its metrics.json names the run under ``weights_from`` and repeats that
+run's training facts (epochs, training time, parameters). ``out_dir`` then holds:
 
     compare.csv           one row per run; over several seeds one row per experiment, with
                           "mean ± std" strings and numeric <metric>_mean / <metric>_std columns
     compare.md            the same table in Markdown (without the numeric mean / std columns)
     compare_metrics.png   BLEU-1..4 and CIDEr per row, bars side by side (error bars: std over seeds)
-    compare_curves.png    loss and validation loss per epoch of every run, overlaid
+    compare_curves.png    loss and validation loss per epoch of every trained run, overlaid
 
 The table's config columns are only the fields that differ between the compared configs.
 The std over seeds is the sample standard deviation (ddof=1).
@@ -24,25 +28,33 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from captioning.config import ConfigError, ExperimentConfig, flatten, load_config, to_dict
-from captioning.files import write_text
+from captioning.evaluate import evaluate_run
+from captioning.files import atomic_path, write_text
 from captioning.plots import plot_learning_curves, plot_metric_bars
-from captioning.runs import HISTORY_FILE, METRICS_FILE, RUNS_ROOT, is_finished, new_run_dir, saved_configs
-from captioning.train import train
+from captioning.runs import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, RUNS_ROOT, VOCABULARY_FILE, WEIGHTS_FILE,
+                             is_finished, new_run_dir, saved_configs)
+from captioning.train import prepare_run_dir, train
 
 # Caption metrics from metrics.json; the optional ones get a column only when some run has them.
-METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l"]
-OPTIONAL_METRICS = {"cider", "meteor", "rouge_l"}
-RUN_FACTS = ["trainable_parameters", "training_seconds", "epochs", "best_epoch"]
+METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",
+           "colour_accuracy", "shape_accuracy", "relation_accuracy"]
+OPTIONAL_METRICS = {"cider", "meteor", "rouge_l", "colour_accuracy", "shape_accuracy", "relation_accuracy"}
+# evaluation_seconds (captioning and scoring the split) is where greedy and beam search differ.
+RUN_FACTS = ["trainable_parameters", "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
+# Copied with the weights into a run that reuses another's training (only [generation] differs).
+TRAINING_FACTS = ["trainable_parameters", "training_seconds", "epochs", "best_epoch"]
 PLOTTED_METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider"]
 # Where images and features are cached changes nothing that is learned; the name is the
 # experiment column already.
 NOT_COMPARED = {"name", "images.cache_dir", "images.feature_cache_dir", "images.cache"}
-DECIMALS = {"training_seconds": 1, "epochs": 1, "best_epoch": 1, "trainable_parameters": 0}  # metrics: 3
+DECIMALS = {"training_seconds": 1, "evaluation_seconds": 1, "epochs": 1, "best_epoch": 1,
+            "trainable_parameters": 0}  # metrics: 3
 
 
 @dataclasses.dataclass
@@ -62,14 +74,16 @@ def compare(experiment_paths, out_dir: str | Path, runs_root: str | Path = RUNS_
     overrides: ``section.field=value`` applied to every experiment before the seed.
     """
     out_dir, runs_root = Path(out_dir), Path(runs_root)
-    saved = saved_configs(runs_root)
-    runs = []
+    configs = []  # every config resolved first: a typo in the last file fails before anything trains
     for index, path in enumerate(expand_experiments(experiment_paths)):
         for seed in seeds if seeds else [None]:
             seed_override = [f"training.seed={seed}"] if seed is not None else []
-            config = load_config(path, list(overrides) + seed_override)
-            run_dir, metrics = run_or_reuse(config, runs_root, saved, verbose)
-            runs.append(ComparedRun(index, config, run_dir, metrics))
+            configs.append((index, load_config(path, list(overrides) + seed_override)))
+    saved = saved_configs(runs_root)
+    runs = []
+    for index, config in configs:
+        run_dir, metrics = run_or_reuse(config, runs_root, saved, verbose)
+        runs.append(ComparedRun(index, config, run_dir, metrics))
 
     aggregate = seeds is not None and len(seeds) > 1
     groups = [[run for run in runs if run.experiment_index == index] for index in sorted({run.experiment_index for run in runs})]
@@ -101,19 +115,53 @@ def expand_experiments(paths) -> list[Path]:
 
 
 def run_or_reuse(config: ExperimentConfig, runs_root: Path, saved: dict[Path, dict], verbose) -> tuple[Path, dict]:
-    """The newest finished run with exactly ``config`` is reused, else the newest unfinished one
-    is resumed, else a new run is trained. Returns (run directory, metrics)."""
-    matches = sorted(run_dir for run_dir, values in saved.items() if values == to_dict(config))
-    finished = [run_dir for run_dir in matches if is_finished(run_dir)]
+    """The newest finished run of ``config`` is reused; else the newest finished run that differs
+    only in [generation] is evaluated with this config's generation settings; else the newest
+    unfinished run of ``config`` is resumed; else a new run is trained. Names are ignored
+    throughout. Returns (run directory, metrics)."""
+    wanted = to_dict(config)
+    same = sorted(run_dir for run_dir, values in saved.items() if same_config(values, wanted))
+    finished = [run_dir for run_dir in same if is_finished(run_dir)]
+    trained = sorted(run_dir for run_dir, values in saved.items()
+                     if same_config(values, wanted, ignored=("name", "generation")) and is_finished(run_dir))
     if finished:
         run_dir, action = finished[-1], "reused"
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    elif trained:
+        unstarted = [run_dir for run_dir in same if not (run_dir / CHECKPOINT_DIR).exists()]  # no epoch to lose
+        run_dir = unstarted[-1] if unstarted else new_run_dir(config, runs_root)
+        run_config = under_saved_name(config, saved.setdefault(run_dir, wanted))
+        metrics = evaluate_trained_weights(run_config, trained[-1], run_dir)
+        action = f"evaluated the weights of {trained[-1]} in"
     else:
-        run_dir, action = (matches[-1], "resumed") if matches else (new_run_dir(config, runs_root), "trained")
-        saved[run_dir] = to_dict(config)  # the same experiment listed twice reuses this run
-        metrics = train(config, run_dir, verbose)
+        run_dir, action = (same[-1], "resumed") if same else (new_run_dir(config, runs_root), "trained")
+        run_config = under_saved_name(config, saved.setdefault(run_dir, wanted))  # listed twice: reused
+        metrics = train(run_config, run_dir, verbose)
     print(f"{config.name} (seed {config.training.seed}): {action} {run_dir}")
     return run_dir, metrics
+
+
+def under_saved_name(config: ExperimentConfig, saved_values: dict) -> ExperimentConfig:
+    """``config`` named as the run directory's saved config: a run checks its config before going on."""
+    return dataclasses.replace(config, name=saved_values["name"])
+
+
+def same_config(saved_values: dict, wanted: dict, ignored: tuple[str, ...] = ("name",)) -> bool:
+    """Whether two configs (as ``to_dict`` gives them) are equal apart from the ``ignored`` top-level keys."""
+    return all(saved_values.get(key) == value for key, value in wanted.items() if key not in ignored)
+
+
+def evaluate_trained_weights(config: ExperimentConfig, trained_run: Path, run_dir: Path) -> dict:
+    """``run_dir`` gets ``config``, ``trained_run``'s vocabulary and weights, and metrics.json from
+    evaluating them with ``config.generation``; the training facts are ``trained_run``'s own."""
+    prepare_run_dir(config, run_dir)
+    for name in [VOCABULARY_FILE, WEIGHTS_FILE]:
+        with atomic_path(run_dir / name) as temporary:
+            shutil.copyfile(trained_run / name, temporary)
+    trained_metrics = json.loads((trained_run / METRICS_FILE).read_text())
+    facts = {name: trained_metrics.get(name) for name in TRAINING_FACTS}
+    facts["weights_from"] = trained_metrics.get("weights_from", str(trained_run))  # the run that trained them
+    return evaluate_run(run_dir, facts)
 
 
 def differing_fields(configs: list[ExperimentConfig], ignored: set[str] = NOT_COMPARED) -> list[str]:

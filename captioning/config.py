@@ -1,9 +1,14 @@
 """Experiment configuration: one dataclass per section, loaded from TOML with overrides.
 
-An experiment file states only what differs from these defaults:
+An experiment file states only what differs from these defaults, or from another
+experiment file named by a top-level ``base`` key (a path relative to the file; a base may
+have a base of its own):
 
-    [encoder]
-    filters = [32, 64, 128]   # three blocks are enough for 64 px shapes
+    base = "../shapes_conv_gru.toml"
+    [decoder]
+    cell = "lstm"   # the one change: does the LSTM catch up with the GRU?
+
+The experiment's name is its own ``name`` key, else its file name; it is never inherited.
 
 Overrides use ``section.field=value`` (``decoder.units=256``); the value is parsed as TOML
 (so ``[32, 64]``, ``true`` and ``"text"`` work) and falls back to a bare string.
@@ -273,19 +278,39 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Defaults, then the experiment file (if any), then ``section.field=value`` overrides."""
+    """Defaults, then the experiment file's bases (if any), the file itself, then ``section.field=value`` overrides."""
     config = ExperimentConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: experiment config file not found")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from None
-        values.setdefault("name", path.stem)
-        apply_values(config, values, source=str(path))
+        own_values = _apply_experiment_file(config, Path(path), chain=[])
+        config.name = own_values.get("name", Path(path).stem)  # a base's name is not inherited
     return apply_overrides(config, list(overrides))
+
+
+def _read_experiment_file(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment config file not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def _apply_experiment_file(config: ExperimentConfig, path: Path, chain: list[Path]) -> dict:
+    """Applies ``path``'s base file first (recursively), then ``path``'s own values; returns those values."""
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(step) for step in [*chain, path.resolve()])
+        raise ConfigError(f"{path}: experiment files name each other as base: {cycle}")
+    values = _read_experiment_file(path)
+    base = values.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be the path of another experiment file, got {base!r}")
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base '{base}' not found (looked for {base_path})")
+        _apply_experiment_file(config, base_path, [*chain, path.resolve()])
+    apply_values(config, values, source=str(path))
+    return values
 
 
 def to_dict(config: ExperimentConfig) -> dict:

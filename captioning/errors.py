@@ -4,6 +4,7 @@ from captioning.config import ConfigError
 from captioning.datasets import DatasetError
 from captioning.encoders import EncoderWeightsError
 from captioning.images import ImageLoadError
+from captioning.readme_results import ReadmeError
 from captioning.runs import RunError
 
-USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, ImageLoadError, RunError)
+USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, ImageLoadError, ReadmeError, RunError)

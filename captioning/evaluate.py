@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 from captioning.captioner import Captioner
 from captioning.coco_metrics import coco_caption_scores
 from captioning.datasets import CaptionedImage, load_split
 from captioning.files import write_json, write_text
+from captioning.runs import METRICS_FILE
 from captioning.spatial import shapes_word_accuracies
 from captioning.metrics import bleu_scores, shuffled_image_bleu_4
 
@@ -48,6 +50,22 @@ def evaluate_captioner(captioner: Captioner, split: str, progress: bool = True) 
         metrics.update(shapes_word_accuracies(captioner.config.data.root, split,
                                               [example.image_path for example in examples], hypotheses))
     return metrics, rows
+
+
+def evaluate_run(run_dir: Path, facts: dict) -> dict:
+    """Scores a run's model on its ``training.evaluation_split`` with its own generation settings.
+
+    Writes ``metrics.json`` (the scores, ``facts`` about the run such as training time, and
+    ``evaluation_seconds``: captioning and scoring the split) and ``captions_<split>.csv``.
+    """
+    captioner = Captioner.from_run(run_dir)
+    split = captioner.config.training.evaluation_split
+    started = time.monotonic()
+    metrics, rows = evaluate_captioner(captioner, split)
+    metrics.update(facts, evaluation_seconds=round(time.monotonic() - started, 1))
+    write_results(metrics, rows, Path(run_dir) / METRICS_FILE, Path(run_dir) / f"captions_{split}.csv")
+    print(format_metrics(metrics))
+    return metrics
 
 
 def write_results(metrics: dict, rows: list[dict], metrics_path: Path, captions_path: Path) -> None:

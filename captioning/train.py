@@ -13,17 +13,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from captioning.captioner import Captioner
 from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import ExperimentConfig, to_toml
 from captioning.encoders import build_encoder, normalization_for
-from captioning.evaluate import evaluate_captioner, format_metrics, write_results
+from captioning.evaluate import evaluate_run
 from captioning.features import FeatureCache, encoder_is_frozen
 from captioning.files import atomic_path, write_text
 from captioning.model import build_feature_model, build_model, image_shape, masked_loss
 from captioning.pipeline import ImageReader, caption_array, feature_dataset, image_dataset, training_dataset
 from captioning.plots import plot_training_curves
-from captioning.runs import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
+from captioning.runs import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
                              RunError, config_differences, load_run_config)
 from captioning.splits import check_splits, training_and_stopping_examples
 from captioning.validation import ValidationBleu
@@ -155,11 +154,11 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     export_model(config, model, vocabulary, run_dir / WEIGHTS_FILE)
     plot_training_curves(checkpoint.state["history"], run_dir / "training_curves.png", title=config.name)
 
-    split = config.training.evaluation_split
-    metrics, rows = evaluate_captioner(Captioner.from_run(run_dir), split)
-    metrics.update(epochs=checkpoint.state["epochs_done"], best_epoch=checkpoint.state["best_epoch"],
-                   training_seconds=round(checkpoint.state["training_seconds"], 1),
-                   trainable_parameters=int(sum(np.prod(weight.shape) for weight in model.trainable_weights)))
-    write_results(metrics, rows, run_dir / METRICS_FILE, run_dir / f"captions_{split}.csv")
-    print(format_metrics(metrics))
-    return metrics
+    return evaluate_run(run_dir, training_facts(checkpoint.state, model))
+
+
+def training_facts(checkpoint_state: dict, model) -> dict:
+    """What metrics.json records about the training beside the scores."""
+    return {"epochs": checkpoint_state["epochs_done"], "best_epoch": checkpoint_state["best_epoch"],
+            "training_seconds": round(checkpoint_state["training_seconds"], 1),
+            "trainable_parameters": int(sum(np.prod(weight.shape) for weight in model.trainable_weights))}

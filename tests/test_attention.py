@@ -216,13 +216,13 @@ def test_unknown_decoder_name_is_a_config_error_listing_valid_names():
         build_decoder(DecoderConfig(name="transformer"), VOCAB_SIZE)
 
 
-def test_shapes_attention_experiment_differs_from_the_default_experiment_in_the_decoder_only():
-    attention = to_dict(load_config(EXPERIMENTS / "shapes_attention.toml"))
+def test_shapes_attention_experiment_differs_from_the_default_experiment_in_the_decoder_name_only():
+    attention = to_dict(load_config(EXPERIMENTS / "shapes_decoders" / "conv_gru_attention.toml"))
     default = to_dict(load_config(EXPERIMENTS / "shapes_conv_gru.toml"))
     assert attention["decoder"]["name"] == "attention"
     differences = {(section, key) for section in default if isinstance(default[section], dict)
                    for key in default[section] if default[section][key] != attention[section][key]}
-    assert differences == {("decoder", "name"), ("decoder", "image_pooling")}  # pooling: "rnn" only
+    assert differences == {("decoder", "name")}  # the inherited image_pooling is unused by attention
 
 
 # ---- end to end: train, caption, attention picture -------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,14 +16,17 @@ import pytest
 from PIL import Image
 
 from captioning import coco_metrics
-from captioning.cli import parse_arguments
+from captioning.captioner import Captioner
+from captioning.cli import main, parse_arguments
 from captioning.compare import compare, expand_experiments, markdown_table
-from captioning.config import load_config, to_toml
+from captioning.config import ConfigError, load_config, to_dict, to_toml
+from captioning.evaluate import evaluate_captioner
 from captioning.runs import is_finished, load_run_config, run_dirs
 from conftest import tiny_config
 
-COMPARED_VALUES = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "trainable_parameters",
-                   "training_seconds", "epochs", "best_epoch"]
+COMPARED_VALUES = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",
+                   "colour_accuracy", "shape_accuracy", "relation_accuracy", "trainable_parameters",
+                   "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
 
 
 def write_experiment(path, data_root, *overrides):
@@ -87,14 +91,18 @@ def test_table_shows_only_the_fields_that_differ(compared):
 
 
 def test_table_values_are_each_runs_own_metrics(compared):
-    for row in compared.table.to_dict("records"):
+    """The issue's columns (the differing config fields, BLEU-1..4, CIDEr, parameters, training
+    time) and the rest, each equal to what the run's own metrics.json and config.toml say."""
+    assert list(compared.table.columns) == ["experiment", "decoder.cell", *COMPARED_VALUES, "run"]
+    saved = pd.read_csv(compared.root / "out" / "compare.csv")
+    for row, saved_row in zip(compared.table.to_dict("records"), saved.to_dict("records")):
         run_dir = Path(row["run"])
         metrics = json.loads((run_dir / "metrics.json").read_text())
         for name in COMPARED_VALUES:
             assert row[name] == pytest.approx(metrics[name]), name
-        for name in ["cider", "meteor", "rouge_l"]:
-            assert row[name] == pytest.approx(metrics[name]), name
-        assert load_run_config(run_dir).decoder.cell == row["decoder.cell"]
+            assert saved_row[name] == pytest.approx(metrics[name]), name
+        assert metrics["trainable_parameters"] > 0 and metrics["training_seconds"] > 0
+        assert load_run_config(run_dir).decoder.cell == row["decoder.cell"] == saved_row["decoder.cell"]
 
 
 def test_second_compare_reuses_finished_runs(compared, tmp_path):
@@ -115,6 +123,61 @@ def test_unfinished_run_is_resumed_not_duplicated(compared, tmp_path):
     assert f"tiny_gru (seed 0): resumed {interrupted}" in printed and ": reused " in printed, printed
     assert run_dirs(runs_root) == before and is_finished(interrupted)
     assert table.loc[0, "run"] == str(interrupted)
+
+
+def test_a_config_is_matched_whatever_its_name(compared, tmp_path):
+    """The name is a label: a file with another name but the same config reuses the finished run,
+    and resumes an unfinished one under the name it was started with."""
+    renamed = write_experiment(tmp_path / "renamed_gru.toml", compared.root, "decoder.cell=gru")
+    table, printed = quietly(compare, [renamed], tmp_path / "out", runs_root=compared.root / "runs")
+    assert table.loc[0, "run"] == compared.table.loc[0, "run"] and "renamed_gru (seed 0): reused" in printed, printed
+
+    runs_root = copy_of_runs(compared, tmp_path)
+    interrupted = next(run_dir for run_dir in run_dirs(runs_root) if run_dir.name.endswith("tiny_gru"))
+    (interrupted / "metrics.json").unlink()
+    table, printed = quietly(compare, [renamed], tmp_path / "out", runs_root=runs_root)
+    assert f"renamed_gru (seed 0): resumed {interrupted}" in printed, printed
+    assert is_finished(interrupted) and load_run_config(interrupted).name == "tiny_gru"
+    assert table.loc[0, "experiment"] == "renamed_gru"
+
+
+def test_a_config_differing_only_in_generation_evaluates_the_trained_weights(compared, tmp_path):
+    """Greedy vs beam without retraining: the beam config gets a run directory of its own with the
+    greedy run's weights, scored with beam search, and the greedy run's training facts."""
+    runs_root = copy_of_runs(compared, tmp_path)
+    greedy_run = next(run_dir for run_dir in run_dirs(runs_root) if run_dir.name.endswith("tiny_gru"))
+    beam = write_experiment(tmp_path / "tiny_gru_beam.toml", compared.root, "decoder.cell=gru",
+                            "generation.sampler=beam", "generation.beam_width=2")
+    table, printed = quietly(compare, [compared.experiments[0], beam], tmp_path / "out", runs_root=runs_root)
+    assert "trained" not in printed and f"tiny_gru_beam (seed 0): evaluated the weights of {greedy_run} in" in printed
+    assert list(table["generation.sampler"]) == ["greedy", "beam"]
+    assert list(table["generation.beam_width"]) == [3, 2]
+    beam_run = Path(table.loc[1, "run"])
+    assert beam_run != greedy_run and is_finished(beam_run) and not (beam_run / "checkpoint").exists()
+    assert to_dict(load_run_config(beam_run)) == to_dict(load_config(beam))
+    assert (beam_run / "model.weights.h5").read_bytes() == (greedy_run / "model.weights.h5").read_bytes()
+
+    greedy_metrics, beam_metrics = (json.loads(Path(run, "metrics.json").read_text()) for run in [greedy_run, beam_run])
+    assert beam_metrics["weights_from"] == str(greedy_run)
+    for name in ["trainable_parameters", "training_seconds", "epochs", "best_epoch"]:
+        assert beam_metrics[name] == greedy_metrics[name] == table.loc[1, name], name
+    # the scores are those of the greedy run's weights decoded with the beam config's generation
+    expected, _ = evaluate_captioner(Captioner.from_run(greedy_run, ["generation.sampler=beam", "generation.beam_width=2"]),
+                                     "test", progress=False)
+    for name in ["bleu_1", "bleu_4", "cider"]:
+        assert beam_metrics[name] == pytest.approx(expected[name]) and table.loc[1, name] == pytest.approx(expected[name])
+
+    again, printed = quietly(compare, [beam], tmp_path / "out", runs_root=runs_root)
+    assert printed.count(": reused ") == 1 and again.loc[0, "run"] == str(beam_run), printed
+
+
+def test_every_config_is_read_before_anything_trains(compared, tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[decoder]\nunitz = 3\n")
+    fresh = write_experiment(tmp_path / "fresh.toml", compared.root, "decoder.units=8")
+    with pytest.raises(ConfigError, match="unknown key 'decoder.unitz'"):
+        compare([fresh, broken], tmp_path / "out", runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_seeds_give_one_row_with_mean_and_std(compared, tmp_path):
@@ -157,3 +220,20 @@ def test_compare_command_line():
     arguments = parse_arguments(["compare", "a.toml", "experiments/", "--seeds", "0", "1", "--set", "training.epochs=1"])
     assert arguments.experiments == ["a.toml", "experiments/"] and arguments.seeds == [0, 1]
     assert arguments.set == ["training.epochs=1"] and arguments.out == "runs/compare"
+    assert arguments.readme is None and Path(arguments.readme_file).name == "README.md"
+
+
+def test_compare_readme_writes_the_table_command_and_machine_into_its_section(compared, tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- results:tiny -->\n(run `make compare` to fill this in)\n<!-- /results -->\n\nafter\n")
+    monkeypatch.chdir(compared.root)  # the CLI's runs/ is compared.root/runs: both runs are reused
+    argv = ["compare", *map(str, compared.experiments), "--out", str(tmp_path / "out"), "--readme", "tiny",
+            "--readme-file", str(readme)]
+    assert main(argv) == 0
+    assert ": trained " not in capsys.readouterr().out
+    table = (tmp_path / "out" / "compare.md").read_text()
+    text = readme.read_text()
+    assert text.startswith("# title\n\n<!-- results:tiny -->\nMade by `python -m captioning compare ")
+    assert text.endswith(f"\n\n{table}<!-- /results -->\n\nafter\n")
+    assert "--readme tiny" in text and "fill this in" not in text
+    assert f"{len(os.sched_getaffinity(0))} CPU cores (" in text and "TensorFlow 2." in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from captioning.config import (
 )
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_EXPERIMENTS = sorted((REPOSITORY_ROOT / "experiments").glob("*.toml"))
+EXPERIMENTS = REPOSITORY_ROOT / "experiments"
+SHIPPED_EXPERIMENTS = sorted(EXPERIMENTS.rglob("*.toml"))
 
 
 def write_experiment(tmp_path: Path, text: str, name: str = "experiment") -> Path:
@@ -112,6 +114,54 @@ def test_experiment_file_integer_for_a_float_field_becomes_a_float(tmp_path):
     config = load_config(write_experiment(tmp_path, "[training]\nlearning_rate = 1\n"))
     assert config.training.learning_rate == 1.0
     assert type(config.training.learning_rate) is float
+
+
+# ---- base files -------------------------------------------------------------------------
+
+
+def test_base_file_values_apply_first_and_the_file_changes_what_it_states(tmp_path):
+    write_experiment(tmp_path, 'name = "the base"\n[decoder]\ncell = "gru"\nunits = 128\n', name="base")
+    path = write_experiment(tmp_path, 'base = "base.toml"\n[decoder]\nunits = 64\n', name="variant")
+    config = load_config(path)
+    assert (config.decoder.cell, config.decoder.units) == ("gru", 64)
+    assert config.name == "variant"  # the base's name is not inherited
+    assert set(changed_keys(config)) == {"name", "decoder.cell", "decoder.units"}
+
+
+def test_base_is_relative_to_the_file_and_may_have_a_base_of_its_own(tmp_path):
+    (tmp_path / "deep").mkdir()
+    write_experiment(tmp_path, "[decoder]\nunits = 128\n[training]\nepochs = 3\n", name="grand")
+    write_experiment(tmp_path / "deep", 'base = "../grand.toml"\n[training]\nepochs = 5\n', name="parent")
+    path = write_experiment(tmp_path / "deep", 'base = "parent.toml"\n[decoder]\ncell = "gru"\n', name="child")
+    config = load_config(path, ["training.epochs=7"])
+    assert (config.decoder.units, config.decoder.cell, config.training.epochs, config.name) == (128, "gru", 7, "child")
+    assert load_config(tmp_path / "deep" / "parent.toml").training.epochs == 5
+
+
+def test_files_naming_each_other_as_base_are_a_config_error(tmp_path):
+    write_experiment(tmp_path, 'base = "b.toml"\n', name="a")
+    write_experiment(tmp_path, 'base = "a.toml"\n', name="b")
+    with pytest.raises(ConfigError, match=r"name each other as base: .*a\.toml -> .*b\.toml -> .*a\.toml"):
+        load_config(tmp_path / "a.toml")
+
+
+def test_missing_base_names_the_file_and_where_it_looked(tmp_path):
+    path = write_experiment(tmp_path, 'base = "nowhere.toml"\n')
+    with pytest.raises(ConfigError, match=r"experiment\.toml: base 'nowhere\.toml' not found \(looked for .*nowhere\.toml\)"):
+        load_config(path)
+
+
+def test_base_that_is_not_a_path_is_a_config_error(tmp_path):
+    path = write_experiment(tmp_path, "base = 3\n")
+    with pytest.raises(ConfigError, match="base must be the path of another experiment file, got 3"):
+        load_config(path)
+
+
+def test_an_error_in_a_base_file_names_the_base_file(tmp_path):
+    write_experiment(tmp_path, "[decoder]\nunitz = 3\n", name="broken")
+    path = write_experiment(tmp_path, 'base = "broken.toml"\n')
+    with pytest.raises(ConfigError, match=r"broken\.toml: unknown key 'decoder\.unitz'"):
+        load_config(path)
 
 
 # ---- overrides ------------------------------------------------------------------------
@@ -324,11 +374,41 @@ def test_toml_lists_each_section_as_a_table():
 # ---- shipped experiments --------------------------------------------------------------
 
 
+SHIPPED_IDS = [str(path.relative_to(EXPERIMENTS)) for path in SHIPPED_EXPERIMENTS]
+VARIANTS = [path for path in SHIPPED_EXPERIMENTS if "base" in tomllib.loads(path.read_text())]
+
+
 def test_there_are_shipped_experiments():
     assert SHIPPED_EXPERIMENTS, "experiments/*.toml is empty"
 
 
-@pytest.mark.parametrize("path", SHIPPED_EXPERIMENTS, ids=[path.name for path in SHIPPED_EXPERIMENTS])
+def section_differences(first: ExperimentConfig, second: ExperimentConfig) -> dict[str, set[str]]:
+    """``{"decoder": {"cell"}}``: per section, the fields whose values differ."""
+    first_values, second_values = to_dict(first), to_dict(second)
+    differences = {}
+    for section in SECTIONS:
+        fields = {field for field, value in first_values[section].items() if second_values[section][field] != value}
+        if fields:
+            differences[section] = fields
+    return differences
+
+
+@pytest.mark.parametrize("path", VARIANTS, ids=[str(path.relative_to(EXPERIMENTS)) for path in VARIANTS])
+def test_shipped_variant_changes_one_section_of_its_base_or_nothing(path):
+    """A file with a base changes one thing of it (one field, or fields that go together such as
+    x_size and y_size), or nothing: then it is the baseline row of its folder's comparison."""
+    base = path.parent / tomllib.loads(path.read_text())["base"]
+    differences = section_differences(load_config(base), load_config(path))
+    assert len(differences) <= 1, f"{path.name} changes {differences} of {base.name}"
+
+
+def test_default_comparison_is_the_default_experiment_and_one_change_each():
+    default = load_config(EXPERIMENTS / "shapes_conv_gru.toml")
+    changes = {path.stem: section_differences(default, load_config(path)) for path in sorted((EXPERIMENTS / "shapes").glob("*.toml"))}
+    assert changes == {"conv_gru": {}, "conv_gru_beam": {"generation": {"sampler"}}, "conv_lstm": {"decoder": {"cell"}}}
+
+
+@pytest.mark.parametrize("path", SHIPPED_EXPERIMENTS, ids=SHIPPED_IDS)
 def test_shipped_experiment_loads_and_round_trips(path, tmp_path):
     config = load_config(path)
     assert config.name == path.stem

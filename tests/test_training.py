@@ -35,6 +35,7 @@ def test_tiny_run_writes_config_vocabulary_weights_history_and_metrics(trained_r
     assert metrics["split"] == "test" and metrics["images"] == 16
     assert all(0.0 <= metrics[name] <= 1.0 for name in METRIC_KEYS - {"split"})
     assert 0.0 <= metrics["colour_accuracy"] <= 1.0 and metrics["one_object_images"] > 0
+    assert metrics["evaluation_seconds"] > 0 and metrics["training_seconds"] > 0 and metrics["epochs"] == 2
     history = read_history(trained_run)
     assert [int(row["epoch"]) for row in history] == [1, 2]
     assert {"loss", "val_loss", "val_bleu_4"} <= set(history[0])

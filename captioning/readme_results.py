@@ -1,0 +1,79 @@
+"""Fills a results section of README.md with a comparison table, the command that made it and the machine.
+
+A section is the text between two markers, which stay in place:
+
+    <!-- results:shapes -->
+    (run `make compare README=shapes` to fill this in)
+    <!-- /results -->
+
+    fill_results_section(Path("README.md"), "shapes",
+                         results_text(Path("runs/compare/compare.md").read_text(), "make compare README=shapes"))
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+from captioning.files import write_text
+
+END_MARKER = "<!-- /results -->"
+START_PATTERN = re.compile(r"<!-- results:(\S+) -->")
+
+
+class ReadmeError(ValueError):
+    """The README has no (or more than one) results section of the requested name."""
+
+
+def start_marker(name: str) -> str:
+    return f"<!-- results:{name} -->"
+
+
+def fill_results_section(readme: Path, name: str, text: str) -> None:
+    """Replaces what stands between ``<!-- results:name -->`` and the next ``<!-- /results -->`` with ``text``."""
+    readme = Path(readme)
+    if not readme.is_file():
+        raise ReadmeError(f"{readme}: no such file to write the results into")
+    content = readme.read_text()
+    marker = start_marker(name)
+    count = content.count(marker)
+    if count != 1:
+        found = ", ".join(START_PATTERN.findall(content)) or "none"
+        problem = "has no" if count == 0 else f"has {count} of the"
+        raise ReadmeError(f"{readme} {problem} section marker '{marker}'; results sections found: {found}")
+    start = content.index(marker) + len(marker)
+    end = content.find(END_MARKER, start)
+    if end < 0:
+        raise ReadmeError(f"{readme}: '{marker}' has no '{END_MARKER}' after it")
+    write_text(readme, content[:start] + "\n" + text.strip("\n") + "\n" + content[end:])
+
+
+def results_text(table_markdown: str, command: str, date: str | None = None, machine: str | None = None) -> str:
+    """The section's text: which command made the table, when and on what machine, then the table."""
+    date = date or time.strftime("%Y-%m-%d")
+    machine = machine or machine_description()
+    return f"Made by `{command}` on {date}, on {machine}.\n\n{table_markdown.strip()}\n"
+
+
+def machine_description() -> str:
+    """``"2 CPU cores (Intel Xeon ...), no GPU, TensorFlow 2.21.0"``: what the times in the table depend on."""
+    import tensorflow as tf
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")]
+    return (f"{cores} CPU cores ({cpu_model()}), " + (", ".join(gpus) if gpus else "no GPU")
+            + f", TensorFlow {tf.__version__}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
