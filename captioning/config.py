@@ -5,6 +5,14 @@ An experiment file states only what differs from these defaults:
     [encoder]
     filters = [32, 64, 128]   # three blocks are enough for 64 px shapes
 
+or from another experiment file, named by a top-level ``base`` (a path relative to the
+file; the base may have a base of its own). The base's values apply first, the file's own
+over them; ``name`` is always the file's own (its stem unless it sets one):
+
+    base = "../shapes_conv_gru.toml"
+    [encoder]
+    activation = "sigmoid"    # the one change under test
+
 Overrides use ``section.field=value`` (``decoder.units=256``); the value is parsed as TOML
 (so ``[32, 64]``, ``true`` and ``"text"`` work) and falls back to a bare string.
 An unknown section or field, or a value of the wrong type, raises ``ConfigError`` naming
@@ -70,6 +78,27 @@ class ImagesConfig:
     feature_cache_dir: str = "data/cache/features"
     # Turn the on-disk cache off to measure raw decoding speed.
     cache: bool = True
+    # Training-time augmentation (augment.py): random changes to each training image, drawn
+    # anew every epoch, so a from-scratch encoder sees more than the same few thousand
+    # pictures. Training batches only, never early stopping, evaluation or captioning.
+    # Off by default: it needs an encoder that trains (a frozen one's features are cached
+    # once, before any change), and runs without it stay comparable with earlier ones.
+    augment: bool = False
+    # With augment: mirror each image left-right with probability 1/2; the words "left" and
+    # "right" of that image's captions are swapped with it. On by default: with the swap it
+    # is the one change here that keeps every caption true.
+    augment_flip: bool = True
+    # With augment: rotate by up to this fraction of a full turn (keras RandomRotation's
+    # factor: 0.03 is up to 11 degrees either way). 0 (off) by default: a rotation moves the
+    # objects' centroids, so a pair near the "left of" / "above" boundary changes its word.
+    augment_rotation: float = 0.0
+    # With augment: zoom out by up to this fraction (0.2: the picture shrinks to 80-100 % of
+    # the frame). Out only, because zooming in crops, and a cropped-away object would stay in
+    # the caption. 0 (off) by default: the margins it adds repeat the border pixels.
+    augment_zoom: float = 0.0
+    # With augment: multiply each image's contrast by a random factor in [1 - c, 1 + c]
+    # (keras RandomContrast). 0 (off) by default: colour words depend on the pixel values.
+    augment_contrast: float = 0.0
 
 
 @dataclasses.dataclass
@@ -166,6 +195,14 @@ class TrainingConfig:
     max_train_images: int = 0
     # Limit the evaluated images (0 = all).
     max_eval_images: int = 0
+    # Record the gradient norm of each encoder convolution during the first epoch into the
+    # run's gradient_norms.csv and .png (gradients.py): gradients vanishing with depth
+    # (sigmoid without batch norm) show there before they show in the loss. Off by default:
+    # each measurement costs one more forward and backward pass.
+    log_gradient_norms: bool = False
+    # Training steps between two measurements (plus one before the first step); 5 gives 25
+    # points over a 125-step shapes epoch (4,000 images / 32) for a fifth more first-epoch time.
+    gradient_norm_interval: int = 5
 
 
 @dataclasses.dataclass
@@ -259,19 +296,35 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Defaults, then the experiment file (if any), then ``section.field=value`` overrides."""
+    """Defaults, then the experiment file (if any, after its ``base`` files), then ``section.field=value`` overrides."""
     config = ExperimentConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: experiment config file not found")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from None
-        values.setdefault("name", path.stem)
-        apply_values(config, values, source=str(path))
+        _apply_file(config, Path(path), including=())
     return apply_overrides(config, list(overrides))
+
+
+def _apply_file(config: ExperimentConfig, path: Path, including: tuple[Path, ...]) -> None:
+    """Applies ``path``'s base (recursively) and then ``path`` itself; ``including``: the files
+    whose ``base`` led here, outermost first."""
+    if not path.is_file():
+        if including:
+            raise ConfigError(f"{including[-1]}: base experiment file {path} not found (key 'base')")
+        raise ConfigError(f"{path}: experiment config file not found")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    base = values.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected the path of another experiment file, got {base!r}")
+        base_path = path.parent / base
+        chain = [*including, path]
+        if base_path.resolve() in {file.resolve() for file in chain}:
+            raise ConfigError(f"{path}: base files form a cycle: {' -> '.join(map(str, [*chain, base_path]))}")
+        _apply_file(config, base_path, tuple(chain))
+    values.setdefault("name", path.stem)
+    apply_values(config, values, source=str(path))
 
 
 def to_dict(config: ExperimentConfig) -> dict:

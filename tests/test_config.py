@@ -19,7 +19,7 @@ from captioning.config import (
 )
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_EXPERIMENTS = sorted((REPOSITORY_ROOT / "experiments").glob("*.toml"))
+SHIPPED_EXPERIMENTS = sorted((REPOSITORY_ROOT / "experiments").rglob("*.toml"))
 
 
 def write_experiment(tmp_path: Path, text: str, name: str = "experiment") -> Path:
@@ -328,12 +328,64 @@ def test_there_are_shipped_experiments():
     assert SHIPPED_EXPERIMENTS, "experiments/*.toml is empty"
 
 
-@pytest.mark.parametrize("path", SHIPPED_EXPERIMENTS, ids=[path.name for path in SHIPPED_EXPERIMENTS])
+@pytest.mark.parametrize("path", SHIPPED_EXPERIMENTS,
+                         ids=[str(path.relative_to(REPOSITORY_ROOT / "experiments")) for path in SHIPPED_EXPERIMENTS])
 def test_shipped_experiment_loads_and_round_trips(path, tmp_path):
     config = load_config(path)
     assert config.name == path.stem
     assert set(changed_keys(config)) - {"name"}, f"{path.name} changes nothing from the defaults"
     assert to_dict(round_trip(config, tmp_path)) == to_dict(config)
+
+
+def test_activation_experiments_differ_only_in_the_activation_and_cover_every_one():
+    from captioning.compare import differing_fields
+    from captioning.encoders import ACTIVATIONS
+
+    configs = [load_config(path) for path in sorted((REPOSITORY_ROOT / "experiments" / "activations").glob("*.toml"))]
+    assert sorted(config.encoder.activation for config in configs) == sorted(ACTIVATIONS)
+    assert differing_fields(configs) == ["encoder.activation"]
+    # the lesson needs the vanishing gradient visible (no batch norm) and measured
+    assert all(not config.encoder.batch_norm and config.training.log_gradient_norms for config in configs)
+    assert configs[0].images.x_size == load_config(REPOSITORY_ROOT / "experiments" / "shapes_conv_gru.toml").images.x_size
+
+
+# ---- base experiment files ------------------------------------------------------------
+
+
+def test_base_file_applies_first_and_the_file_wins(tmp_path):
+    write_experiment(tmp_path, "name = 'the_base'\n[decoder]\ncell = 'gru'\nunits = 64\n", name="base")
+    path = write_experiment(tmp_path, "base = 'base.toml'\n[decoder]\nunits = 128\n", name="child")
+    config = load_config(path)
+    assert changed_keys(config) == {"name": "child", "decoder.cell": "gru", "decoder.units": 128}
+
+
+def test_bases_chain_and_resolve_relative_to_their_file(tmp_path):
+    (tmp_path / "deep").mkdir()
+    write_experiment(tmp_path, "[encoder]\nactivation = 'tanh'\n[decoder]\nunits = 64\n", name="grand")
+    write_experiment(tmp_path / "deep", "base = '../grand.toml'\n[decoder]\nunits = 96\n", name="parent")
+    path = write_experiment(tmp_path, "base = 'deep/parent.toml'\n[training]\nepochs = 2\n", name="child")
+    config = load_config(path, ["training.epochs=3"])
+    assert changed_keys(config) == {"name": "child", "encoder.activation": "tanh", "decoder.units": 96,
+                                    "training.epochs": 3}
+
+
+def test_missing_base_names_the_file_that_asks_for_it(tmp_path):
+    path = write_experiment(tmp_path, "base = 'nowhere.toml'\n", name="child")
+    with pytest.raises(ConfigError, match=r"child.toml: base experiment file .*nowhere.toml not found"):
+        load_config(path)
+
+
+def test_base_cycle_is_a_config_error(tmp_path):
+    write_experiment(tmp_path, "base = 'second.toml'\n", name="first")
+    path = write_experiment(tmp_path, "base = 'first.toml'\n", name="second")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(path)
+
+
+def test_base_must_be_a_path(tmp_path):
+    path = write_experiment(tmp_path, "base = 3\n", name="child")
+    with pytest.raises(ConfigError, match="child.toml: base: expected the path"):
+        load_config(path)
 
 
 def test_unquoted_number_for_a_text_field_is_kept_as_text():
