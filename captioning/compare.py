@@ -17,6 +17,8 @@ run's training facts (epochs, training time, parameters). ``out_dir`` then holds
     compare.md            the same table in Markdown (without the numeric mean / std columns)
     compare_metrics.png   BLEU-1..4 and CIDEr per row, bars side by side (error bars: std over seeds)
     compare_curves.png    loss and validation loss per epoch of every trained run, overlaid
+    compare_gradient_norms.png   when runs logged them (training.log_gradient_norms): the mean
+                          first-epoch gradient norm of each encoder convolution, one line per row
 
 The table's config columns are only the fields that differ between the compared configs.
 The std over seeds is the sample standard deviation (ddof=1).
@@ -36,7 +38,8 @@ import pandas as pd
 from captioning.config import ConfigError, ExperimentConfig, flatten, load_config, to_dict
 from captioning.evaluate import evaluate_run
 from captioning.files import atomic_path, write_text
-from captioning.plots import plot_learning_curves, plot_metric_bars
+from captioning.gradients import mean_norm_per_layer
+from captioning.plots import plot_layer_gradient_norms, plot_learning_curves, plot_metric_bars
 from captioning.runs import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, RUNS_ROOT, VOCABULARY_FILE, WEIGHTS_FILE,
                              is_finished, new_run_dir, saved_configs)
 from captioning.train import prepare_run_dir, train
@@ -92,9 +95,9 @@ def compare(experiment_paths, out_dir: str | Path, runs_root: str | Path = RUNS_
     readable = table[[column for column in table if not column.endswith(("_mean", "_std"))]]
     write_text(out_dir / "compare.csv", table.to_csv(index=False))
     write_text(out_dir / "compare.md", markdown_table(readable))
-    plot_comparison(table, groups, out_dir, aggregate)
+    plots = plot_comparison(table, groups, out_dir, aggregate)
     print(markdown_table(readable), end="")
-    print(f"wrote compare.csv, compare.md, compare_metrics.png and compare_curves.png to {out_dir}")
+    print(f"wrote compare.csv, compare.md, {', '.join(plots)} to {out_dir}")
     return table
 
 
@@ -246,8 +249,9 @@ def read_history(run_dir: Path) -> list[dict]:
         return [{name: float(value) for name, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def plot_comparison(table: pd.DataFrame, groups: list[list[ComparedRun]], out_dir: Path, aggregate: bool) -> None:
-    """compare_metrics.png and compare_curves.png; ``groups[i]`` are the runs behind table row i."""
+def plot_comparison(table: pd.DataFrame, groups: list[list[ComparedRun]], out_dir: Path, aggregate: bool) -> list[str]:
+    """compare_metrics.png, compare_curves.png and, when some run logged its gradient norms,
+    compare_gradient_norms.png; ``groups[i]`` are the runs behind table row i. Returns the file names written."""
     labels = list(table["experiment"])
     if len(set(labels)) < len(labels):  # one experiment under several seeds, or listed twice
         labels = [f"{label} (seed {group[0].config.training.seed})" for label, group in zip(labels, groups)]
@@ -261,3 +265,13 @@ def plot_comparison(table: pd.DataFrame, groups: list[list[ComparedRun]], out_di
                      title="test metrics" + (" (mean ± std over seeds)" if aggregate else ""))
     histories = {label: [read_history(run.run_dir) for run in group] for label, group in zip(labels, groups)}
     plot_learning_curves(histories, out_dir / "compare_curves.png")
+    written = ["compare_metrics.png", "compare_curves.png"]
+    norms = {label: mean_norm_per_layer([run.run_dir for run in group]) for label, group in zip(labels, groups)}
+    norms = {label: layers for label, layers in norms.items() if layers}
+    gradient_plot = out_dir / "compare_gradient_norms.png"
+    if norms:
+        plot_layer_gradient_norms(norms, gradient_plot)
+        written.append(gradient_plot.name)
+    else:
+        gradient_plot.unlink(missing_ok=True)  # an earlier comparison's plot would describe other runs
+    return written

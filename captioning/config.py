@@ -75,6 +75,27 @@ class ImagesConfig:
     feature_cache_dir: str = "data/cache/features"
     # Turn the on-disk cache off to measure raw decoding speed.
     cache: bool = True
+    # Training-time augmentation (augment.py): random changes to each training image, drawn
+    # anew every epoch, so a from-scratch encoder sees more than the same few thousand
+    # pictures. Training batches only, never early stopping, evaluation or captioning.
+    # Off by default: it needs an encoder that trains (a frozen one's features are cached
+    # once, before any change), and runs without it stay comparable with earlier ones.
+    augment: bool = False
+    # With augment: mirror each image left-right with probability 1/2; the words "left" and
+    # "right" of that image's captions are swapped with it. On by default: with the swap it
+    # is the one change here that keeps every caption true.
+    augment_flip: bool = True
+    # With augment: rotate by up to this fraction of a full turn (keras RandomRotation's
+    # factor: 0.03 is up to 11 degrees either way). 0 (off) by default: a rotation moves the
+    # objects' centroids, so a pair near the "left of" / "above" boundary changes its word.
+    augment_rotation: float = 0.0
+    # With augment: zoom out by up to this fraction (0.2: the picture shrinks to 80-100 % of
+    # the frame). Out only, because zooming in crops, and a cropped-away object would stay in
+    # the caption. 0 (off) by default: the margins it adds repeat the border pixels.
+    augment_zoom: float = 0.0
+    # With augment: multiply each image's contrast by a random factor in [1 - c, 1 + c]
+    # (keras RandomContrast). 0 (off) by default: colour words depend on the pixel values.
+    augment_contrast: float = 0.0
 
 
 @dataclasses.dataclass
@@ -185,6 +206,14 @@ class TrainingConfig:
     # curve (0 = off). 200 costs a few seconds an epoch and shows whether the captions
     # improve; the loss alone can keep falling while BLEU has stopped.
     validation_bleu_images: int = 200
+    # Record the gradient norm of each encoder convolution during the first epoch into the
+    # run's gradient_norms.csv and .png (gradients.py): gradients vanishing with depth
+    # (sigmoid without batch norm) show there before they show in the loss. Off by default:
+    # each measurement costs one more forward and backward pass.
+    log_gradient_norms: bool = False
+    # Training steps between two measurements (plus one before the first step); 5 gives 25
+    # points over a 125-step shapes epoch (4,000 images / 32) for a fifth more first-epoch time.
+    gradient_norm_interval: int = 5
 
 
 @dataclasses.dataclass

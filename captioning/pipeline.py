@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -74,8 +75,13 @@ def image_dataset(paths: list[str], reader: ImageReader, batch_size: int) -> tf.
 
 
 def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, reader: ImageReader, captions_per_image: int,
-                     length: int, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Yields ({"images": (batch, y, x, 3), "captions": (batch, C, length - 1)}, targets (batch, C, length - 1))."""
+                     length: int, batch_size: int, shuffle: bool, seed: int,
+                     augmentation: Callable | None = None) -> tf.data.Dataset:
+    """Yields ({"images": (batch, y, x, 3), "captions": (batch, C, length - 1)}, targets (batch, C, length - 1)).
+
+    augmentation: ``(images, tokens) -> (images, tokens)`` on whole batches, before the
+    tokens become inputs and targets (augment.CaptionAugmentation); the training set only.
+    """
     tokens = caption_array(examples, vocabulary, captions_per_image, length)  # (images, C, length)
     paths = [example.image_path for example in examples]
     dataset = tf.data.Dataset.from_tensor_slices((paths, tokens))
@@ -83,10 +89,18 @@ def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, rea
         dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
 
     def read(path, caption_tokens):
-        image = read_image_op(reader, path)  # (y_size, x_size, 3)
-        return {"images": image, "captions": caption_tokens[:, :-1]}, caption_tokens[:, 1:]
+        return read_image_op(reader, path), caption_tokens  # (y_size, x_size, 3), (C, length)
 
-    return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    def inputs_and_targets(images, caption_tokens):
+        return {"images": images, "captions": caption_tokens[:, :, :-1]}, caption_tokens[:, :, 1:]
+
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    if augmentation is not None:
+        # One batch at a time (no num_parallel_calls): the augmentation layers' random
+        # generators are stateful, and parallel calls would take their states in a varying
+        # order, so the run would not repeat. It costs little next to reading the images.
+        dataset = dataset.map(augmentation)
+    return dataset.map(inputs_and_targets, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:

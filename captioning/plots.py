@@ -91,3 +91,52 @@ def plot_learning_curves(histories: dict[str, list[list[dict]]], path: str | Pat
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     plt.close(figure)
+
+
+def plot_gradient_norms(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """One line per encoder convolution: its gradient norm against the training step, log scale.
+
+    rows: ``{"step", "depth", "layer", "norm"}`` dicts, as gradients.GradientNormLogger records them.
+    """
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for depth in sorted({row["depth"] for row in rows}):
+        layer_rows = [row for row in rows if row["depth"] == depth]
+        axis.plot([row["step"] for row in layer_rows], [row["norm"] for row in layer_rows], marker="o", markersize=3,
+                  color=f"C{(depth - 1) % 10}", label=f"{depth}: {layer_rows[0]['layer']}")
+    axis.set_yscale("log")
+    axis.set_xlabel("training step (first epoch)")
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole numbers
+    axis.set_ylabel("gradient norm (kernel and bias)")
+    axis.set_title(title or "encoder gradient norms, input side first")
+    axis.grid(alpha=0.3, which="both")
+    if rows:
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+
+
+def plot_layer_gradient_norms(layers: dict[str, list[tuple[str, float]]], path: str | Path, title: str = "") -> None:
+    """One line per label (run or experiment): the mean first-epoch gradient norm of each
+    encoder convolution against its depth (1 = next to the image), log scale.
+
+    layers: label -> ``[(layer name, mean norm), ...]`` input side first (gradients.mean_norm_per_layer).
+    """
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=100)
+    deepest = max(layers.values(), key=len, default=[])
+    for number, (label, norms) in enumerate(layers.items()):
+        axis.plot(range(1, len(norms) + 1), [norm for _, norm in norms], marker="o", color=f"C{number % 10}", label=label)
+    axis.set_xticks(range(1, len(deepest) + 1), [f"{depth}\n{name}" for depth, (name, _) in enumerate(deepest, start=1)],
+                    fontsize="small")
+    axis.set_yscale("log")
+    axis.set_xlabel("encoder convolution (input side first)")
+    axis.set_ylabel("mean gradient norm, first epoch")
+    axis.set_title(title or "how much gradient reaches each encoder layer")
+    axis.grid(alpha=0.3, which="both")
+    if layers:
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)

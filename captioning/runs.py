@@ -6,6 +6,7 @@
       model.weights.h5       best weights (lowest validation loss)
       checkpoint/            last finished epoch: weights + optimizer state + progress
       history.csv            loss and validation loss per epoch
+      gradient_norms.csv     with training.log_gradient_norms: encoder convolutions' gradient norms, first epoch
       metrics.json           BLEU-1..4, METEOR, ROUGE-L, CIDEr-D on the test split; BLEU-4 with shuffled images
 """
 

@@ -1,8 +1,10 @@
 """train(config, run_dir): data -> vocabulary -> model -> fit (resumable) -> BLEU on the held-out split.
 
 A frozen pretrained encoder is run once per split into the feature cache and the decoder
-trains on those features; any other encoder trains end to end on images. Either way the
-run directory ends with one full model (encoder + decoder) that captions images.
+trains on those features; any other encoder trains end to end on images, augmented when
+``images.augment`` is on (augment.py). Either way the run directory ends with one full
+model (encoder + decoder) that captions images. ``training.log_gradient_norms`` adds the
+encoder's first-epoch gradient norms (gradients.py).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from captioning.augment import build_augmentation, check_augmentation
 from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import ExperimentConfig, to_toml
 from captioning.encoders import build_encoder, normalization_for
 from captioning.evaluate import evaluate_run
 from captioning.features import FeatureCache, encoder_is_frozen
 from captioning.files import atomic_path, write_text
+from captioning.gradients import GRADIENT_NORMS_FILE, GRADIENT_NORMS_PLOT, GradientNormLogger, check_gradient_logging
 from captioning.model import build_feature_model, build_model, image_shape, masked_loss
 from captioning.pipeline import ImageReader, caption_array, feature_dataset, image_dataset, training_dataset
 from captioning.plots import plot_training_curves
@@ -106,6 +110,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     """Trains (or resumes) the run in ``run_dir`` and returns its metrics on the evaluation split."""
     run_dir = Path(run_dir)
     check_splits(config)
+    check_augmentation(config)
+    check_gradient_logging(config)
     prepare_run_dir(config, run_dir)
     keras.utils.set_random_seed(config.training.seed)
 
@@ -119,6 +125,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     reader = ImageReader(config.images, normalization_for(config.encoder))
     captions_per_image, length = config.data.captions_per_image, config.decoder.max_length
     batch_size, seed = config.training.batch_size, config.training.seed
+    callbacks = []  # before the checkpoint: what they write for an epoch exists once it counts as done
     if encoder_is_frozen(config.encoder):
         datasets = []
         for label, examples, shuffle in [("train", train_examples, True), ("early stopping", stopping_examples, False)]:
@@ -131,10 +138,17 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     else:
         options = dict(vocabulary=vocabulary, reader=reader, captions_per_image=captions_per_image, length=length,
                        batch_size=batch_size, seed=seed)
-        train_dataset = training_dataset(train_examples, shuffle=True, **options)
+        train_dataset = training_dataset(train_examples, shuffle=True, augmentation=build_augmentation(config, vocabulary),
+                                         **options)
         stopping_dataset = training_dataset(stopping_examples, shuffle=False, **options)
         model = build_model(config, vocabulary.size)
         stopping_features = None
+        if config.training.log_gradient_norms:
+            with reader.reporting_errors():  # measured on the first training images, never augmented
+                batch = next(iter(training_dataset(train_examples[:batch_size], shuffle=False, **options)))
+            callbacks.append(GradientNormLogger(batch, masked_loss(), config.training.gradient_norm_interval,
+                                                run_dir / GRADIENT_NORMS_FILE, run_dir / GRADIENT_NORMS_PLOT,
+                                                title=f"{config.name}: encoder gradient norms, input side first"))
 
     model.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=5.0), loss=masked_loss())
     checkpoint_dir = run_dir / CHECKPOINT_DIR
@@ -143,13 +157,12 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     initial_epoch = checkpoint.restore(model)
     if initial_epoch:
         print(f"resuming {run_dir} after epoch {initial_epoch}")
-    callbacks = [checkpoint]
-    if config.training.validation_bleu_images > 0:  # before the checkpoint, which writes the logs it adds
-        callbacks.insert(0, validation_bleu(config, stopping_examples, stopping_features, reader, vocabulary))
+    if config.training.validation_bleu_images > 0:  # adds val_bleu_4 to the logs the checkpoint writes
+        callbacks.append(validation_bleu(config, stopping_examples, stopping_features, reader, vocabulary))
     if initial_epoch < config.training.epochs and not checkpoint.finished:
         with reader.reporting_errors():
             model.fit(train_dataset, validation_data=stopping_dataset, epochs=config.training.epochs,
-                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+                      initial_epoch=initial_epoch, callbacks=[*callbacks, checkpoint], verbose=verbose, shuffle=False)
     model.load_weights(checkpoint_dir / BEST_WEIGHTS_FILE)
     export_model(config, model, vocabulary, run_dir / WEIGHTS_FILE)
     plot_training_curves(checkpoint.state["history"], run_dir / "training_curves.png", title=config.name)
