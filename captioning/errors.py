@@ -3,7 +3,8 @@
 from captioning.config import ConfigError
 from captioning.datasets import DatasetError
 from captioning.encoders import EncoderWeightsError
+from captioning.features import FeatureCacheError
 from captioning.images import ImageLoadError
 from captioning.runs import RunError
 
-USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, ImageLoadError, RunError)
+USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError, ImageLoadError, RunError)

@@ -86,7 +86,8 @@ def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, rea
         image = read_image_op(reader, path)  # (y_size, x_size, 3)
         return {"images": image, "captions": caption_tokens[:, :-1]}, caption_tokens[:, 1:]
 
-    return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(dataset)
 
 
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
@@ -107,4 +108,15 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
         batch_tokens = tf.ensure_shape(batch_tokens, (None, *tokens.shape[1:]))
         return {"features": batch_features, "captions": batch_tokens[:, :, :-1]}, batch_tokens[:, :, 1:]
 
-    return dataset.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(dataset)
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Under "multi_worker", every worker runs the same pipeline and keeps its share of each
+    global batch (tf.data's DATA auto-shard policy). The default policy would first look for
+    input files to split by worker, find none (our sources are in-memory lists) and log a
+    warning. Other strategies ignore the option."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
