@@ -4,6 +4,7 @@
     python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N] [--attention OUT.png]
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...]
+    python -m captioning bench [--quick] [--out FILE.json] [--set ...]
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ def parse_arguments(argv):
     compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                          help="repeat each experiment with these training.seed values; the table shows mean ± std")
     compare.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="overrides for every experiment")
+
+    bench = commands.add_parser("bench", help="measure what the feature cache, tf.data, batching and the image cache "
+                                              "buy on this machine (ratios), and training's peak memory")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the bench runs (numbers mean nothing)")
+    bench.add_argument("--out", help="also write the results as JSON here")
+    bench.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="overrides of the bench's experiment, e.g. data.root=/path/to/flickr8k to time its images")
     return parser.parse_args(argv)
 
 
@@ -144,7 +152,14 @@ def run_compare(arguments) -> None:
     compare(experiments, Path(arguments.out), seeds=arguments.seeds, overrides=arguments.set, verbose="auto")
 
 
-COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare}
+def run_bench_command(arguments) -> None:
+    from captioning.bench import run_bench
+
+    run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out)
+
+
+COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare,
+            "bench": run_bench_command}
 
 
 def main(argv=None) -> int:
