@@ -9,6 +9,7 @@
 #   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes/] [OUT=dir, default runs/compare]
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
 #                [README=name]   (also writes the table into README.md between <!-- results:name --> and <!-- /results -->)
+#   make bench [OUT=file.json] [SET="data.root=/path/to/flickr8k ..."]   (speed ratios and peak memory; about 10 min on 2 cores)
 #   make test
 #
 # BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
@@ -19,7 +20,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SPLIT ?= test
 
-.PHONY: train caption evaluate compare test venv clean-cache
+.PHONY: train caption evaluate compare bench test venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -40,6 +41,9 @@ evaluate: $(INSTALLED)
 
 compare: $(INSTALLED)
 	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET)) $(if $(README),--readme $(README))
+
+bench: $(INSTALLED)
+	$(PY) -m captioning bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET))
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

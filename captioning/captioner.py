@@ -14,6 +14,7 @@ from captioning.encoders import normalization_for
 from captioning.images import load_image
 from captioning.model import CaptionModel, build_model
 from captioning.pipeline import ImageReader, image_dataset
+from captioning.precision import precision_policy
 from captioning.runs import VOCABULARY_FILE, WEIGHTS_FILE, RunError, load_run_config
 from captioning.search import build_sampler, build_top_beams_sampler, generate_token_ids
 from captioning.vocabulary import END_ID, Vocabulary
@@ -52,7 +53,8 @@ class Captioner:
         if not weights_path.is_file():
             raise RunError(f"{run_dir}: no trained weights ({WEIGHTS_FILE}); is training finished?")
         vocabulary = Vocabulary.load(run_dir / VOCABULARY_FILE)
-        model = build_model(config, vocabulary.size, load_pretrained=False)
+        with precision_policy(config.training):  # a mixed-precision run also generates in float16
+            model = build_model(config, vocabulary.size, load_pretrained=False)
         model.load_weights(weights_path)
         return cls(config, model, vocabulary)
 

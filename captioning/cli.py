@@ -4,6 +4,7 @@
     python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N] [--attention OUT.png]
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--readme NAME]
+    python -m captioning bench [--quick] [--out FILE.json] [--set ...]
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def parse_arguments(argv):
                               "'<!-- results:NAME -->' and '<!-- /results -->' in the README")
     compare.add_argument("--readme-file", default=str(REPOSITORY_ROOT / "README.md"), metavar="FILE",
                          help="the README that --readme writes into (default: the repository's README.md)")
+
+    bench = commands.add_parser("bench", help="measure what the feature cache, tf.data, batching and the image cache "
+                                              "buy on this machine (ratios), and training's peak memory")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the bench runs (numbers mean nothing)")
+    bench.add_argument("--out", help="also write the results as JSON here")
+    bench.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="overrides of the bench's experiment, e.g. data.root=/path/to/flickr8k to time its images")
     return parser.parse_args(argv)
 
 
@@ -160,7 +168,14 @@ def run_compare(arguments) -> None:
         print(f"wrote the table into the '{arguments.readme}' results section of {arguments.readme_file}")
 
 
-COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare}
+def run_bench_command(arguments) -> None:
+    from captioning.bench import run_bench
+
+    run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out)
+
+
+COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare,
+            "bench": run_bench_command}
 
 
 def main(argv=None) -> int:

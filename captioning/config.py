@@ -73,6 +73,11 @@ class ImagesConfig:
     cache_dir: str = "data/cache/images"
     # A frozen encoder's features are computed once per split and kept here.
     feature_cache_dir: str = "data/cache/features"
+    # training.strategy = "multi_worker" only: feature_cache_dir is on a filesystem every
+    # worker sees, so each worker extracts 1/n of the images and the chief joins the shards.
+    # True because a cluster shares its data set folder anyway; false makes every worker
+    # extract all images itself (worker i > 0 into feature_cache_dir/worker-<i>).
+    feature_cache_shared: bool = True
     # Turn the on-disk cache off to measure raw decoding speed.
     cache: bool = True
     # Training-time augmentation (augment.py): random changes to each training image, drawn
@@ -214,6 +219,24 @@ class TrainingConfig:
     # Training steps between two measurements (plus one before the first step); 5 gives 25
     # points over a 125-step shapes epoch (4,000 images / 32) for a fifth more first-epoch time.
     gradient_norm_interval: int = 5
+    # Compute in float16, keep weights, logits and the loss in float32 (Keras policy
+    # "mixed_float16", with dynamic loss scaling). Off by default: it pays only on GPUs with
+    # tensor cores; on CPU float16 is slower than float32, and the loss differs from a
+    # float32 run by rounding (1e-5 relative after five steps of the tiny test config, and
+    # more as training goes on), so runs are only comparable with the same setting.
+    mixed_precision: bool = False
+    # Compile the training step with XLA (model.compile(jit_compile=...)). Off by default:
+    # XLA brings nothing on CPU, compiles once per batch shape (the last, smaller batch of
+    # every epoch compiles again), and Keras' "auto" would switch it on for GPUs only,
+    # making a run's numbers depend on the machine. Turn it on for long GPU runs.
+    jit_compile: bool = False
+    # How training is spread over devices (see distribution.py): "default" (one device),
+    # "mirrored" (every GPU of this machine, or its logical CPU devices; synchronous
+    # all-reduce), or "multi_worker" (MultiWorkerMirroredStrategy across the machines named
+    # by the TF_CONFIG environment variable). Default: one device needs no set-up, and
+    # batch_size is then the batch of that device. Under a strategy, batch_size is the
+    # global batch, split evenly over the replicas.
+    strategy: str = "default"
 
 
 @dataclasses.dataclass

@@ -15,12 +15,16 @@ Two decoders, chosen by ``decoder.name`` (``build_decoder`` dispatches):
 
 The cache is what keras-hub's samplers carry between steps (beam search repeats and
 reorders every tensor in it per beam), so search.py has one code path for both.
+
+Under mixed precision (precision.py) the layers compute in float16, but logits are always
+returned as float32 (the loss and the samplers' softmax need the range), and attention
+scores are cast to float32 before their softmax.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import layers, ops
+from keras import layers, ops, tree
 
 from captioning.config import ConfigError, DecoderConfig
 from captioning.vocabulary import END_ID, PAD_ID
@@ -29,6 +33,12 @@ CELLS = {"lstm": layers.LSTM, "gru": layers.GRU}
 CELL_CLASSES = {"lstm": layers.LSTMCell, "gru": layers.GRUCell}  # stepped by hand in AttentionDecoder
 STATES_PER_CELL = {"lstm": 2, "gru": 1}  # LSTM carries (hidden, cell), GRU only hidden
 IMAGE_POOLINGS = ("mean", "flatten")
+
+
+def float32_logits(logits):
+    """Logits as float32 whatever the compute dtype: float16 logits would lose the small
+    differences softmax and cross-entropy depend on (and -1e9 masks overflow float16)."""
+    return ops.cast(logits, "float32")
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -117,7 +127,8 @@ class RNNDecoder(keras.Model):
         state, image_input = self.encode_image(features, training=training)
         embedded = self.dropout(self.embedding(token_ids), training=training)  # (batch, length, embedding_dim)
         outputs = self.rnn(self.rnn_inputs(embedded, image_input), initial_state=state, training=training)[0]  # (batch, length, units)
-        return self.output_projection(self.dropout(outputs, training=training))  # (batch, length, vocab_size)
+        logits = self.output_projection(self.dropout(outputs, training=training))  # (batch, length, vocab_size)
+        return float32_logits(logits)
 
     def step(self, token_ids, state, image_input=None):
         """token_ids: (batch,) int32, the last token; state from initial_state or step;
@@ -127,7 +138,7 @@ class RNNDecoder(keras.Model):
         """
         embedded = self.embedding(token_ids)[:, None, :]  # (batch, 1, embedding_dim)
         outputs, *state = self.rnn(self.rnn_inputs(embedded, image_input), initial_state=list(state))  # (batch, 1, units)
-        return self.output_projection(outputs[:, 0]), state  # (batch, vocab_size)
+        return float32_logits(self.output_projection(outputs[:, 0])), state  # (batch, vocab_size) float32
 
     def initial_cache(self, features) -> dict:
         """The sampler's starting cache: {"state": tuple of (batch, units)}, and with
@@ -220,7 +231,7 @@ class AttentionDecoder(keras.Model):
 
         {"features", "projected_features": (batch, regions, attention_units),
          "state": tuple of (batch, units), "context": (batch, channels),
-         "attention": (batch, regions), the weights of the last step (zeros before any)}.
+         "attention": (batch, regions) float32, the weights of the last step (zeros before any)}.
         """
         if not self.built:  # generation before any teacher-forced call
             self.build((tuple(features.shape), (None, None)))
@@ -232,15 +243,16 @@ class AttentionDecoder(keras.Model):
             "projected_features": self.feature_projection(features),  # (batch, regions, attention_units)
             "state": state,
             "context": ops.zeros_like(pooled),  # (batch, channels)
-            "attention": ops.zeros_like(features[:, :, 0]),  # (batch, regions)
+            "attention": ops.zeros_like(features[:, :, 0], dtype="float32"),  # (batch, regions)
         }
 
     def attend(self, features, projected_features, hidden):
-        """hidden: (batch, units) -> context (batch, channels), attention weights (batch, regions)."""
+        """hidden: (batch, units) -> context (batch, channels), attention weights (batch, regions) float32."""
         scores = self.attention_score(
             ops.tanh(projected_features + self.hidden_projection(hidden)[:, None, :]))  # (batch, regions, 1)
-        attention = ops.softmax(scores[:, :, 0], axis=-1)  # (batch, regions)
-        context = ops.sum(attention[:, :, None] * features, axis=1)  # (batch, channels)
+        attention = ops.softmax(ops.cast(scores[:, :, 0], "float32"), axis=-1)  # (batch, regions)
+        weights = ops.cast(attention, features.dtype)[:, :, None]  # (batch, regions, 1), the compute dtype
+        context = ops.sum(weights * features, axis=1)  # (batch, channels)
         if self.gate is not None:
             context = self.gate(hidden) * context  # gate: (batch, 1)
         return context, attention
@@ -252,9 +264,9 @@ class AttentionDecoder(keras.Model):
         return {"state": tuple(new_state), "context": context, "attention": attention}
 
     def output_logits(self, hidden, context, embedded, training=None):
-        """The deep output layer over the last axis: (..., units + channels + embedding_dim) -> (..., vocab)."""
-        return self.output_projection(self.dropout(ops.concatenate([hidden, context, embedded], axis=-1),
-                                                   training=training))
+        """The deep output layer over the last axis: (..., units + channels + embedding_dim) -> (..., vocab) float32."""
+        return float32_logits(self.output_projection(self.dropout(ops.concatenate([hidden, context, embedded], axis=-1),
+                                                                  training=training)))
 
     def call(self, inputs, training=None, return_attention=False):
         """inputs: features (batch, regions, channels), token_ids (batch, length) int32, 0 is padding.
@@ -272,7 +284,17 @@ class AttentionDecoder(keras.Model):
             return step, step  # keras' scan stacks outputs shaped like the carry
 
         carry = {key: start[key] for key in ("state", "context", "attention")}
-        _, steps = ops.scan(recur, carry, ops.transpose(embedded, (1, 0, 2)))  # time-major: (length, batch, ...)
+        time_major = ops.transpose(embedded, (1, 0, 2))  # (length, batch, embedding_dim)
+        if embedded.shape[1] is None:  # length known only at run time: a graph while loop
+            _, steps = ops.scan(recur, carry, time_major)  # each (length, batch, ...)
+        else:
+            # A known length (always so in training) is unrolled: XLA (training.jit_compile)
+            # cannot differentiate scan's while loop, which has no maximum iteration count.
+            outputs = []
+            for embedded_t in ops.unstack(time_major, axis=0):
+                carry, output = recur(carry, embedded_t)
+                outputs.append(output)
+            steps = tree.map_structure(lambda *step_values: ops.stack(step_values, axis=0), *outputs)
         hidden = ops.transpose(steps["state"][0], (1, 0, 2))  # (batch, length, units)
         context = ops.transpose(steps["context"], (1, 0, 2))  # (batch, length, channels)
         attention = ops.transpose(steps["attention"], (1, 0, 2))  # (batch, length, regions)

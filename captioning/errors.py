@@ -3,8 +3,10 @@
 from captioning.config import ConfigError
 from captioning.datasets import DatasetError
 from captioning.encoders import EncoderWeightsError
+from captioning.features import FeatureCacheError
 from captioning.images import ImageLoadError
 from captioning.readme_results import ReadmeError
 from captioning.runs import RunError
 
-USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, ImageLoadError, ReadmeError, RunError)
+USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError, ImageLoadError, ReadmeError,
+               RunError)

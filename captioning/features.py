@@ -12,6 +12,17 @@ encoder section, the weights file's content, the image size and normalization. A
 interrupted computation leaves ``features.partial.npy`` and ``progress.json``; the next run
 checks the partial file's shape against the manifest it will write, and continues from
 the last finished batch instead of starting over.
+
+Several workers (``training.strategy = "multi_worker"``) split the work: worker i of n
+computes the i-th contiguous slice of the images (``distribution.shard_bounds``) into
+
+    cache_root/<key>/shard-<i>-of-<n>.npy
+
+(resumable the same way), the chief (worker 0) waits for all n shards, copies them in
+order into ``features.npy`` and writes the manifest; the other workers wait for that
+manifest and then memory-map the same file. This needs ``cache_root`` on a filesystem every
+worker sees; without one, ``images.feature_cache_shared = false`` makes every worker
+extract every image into a folder of its own (see train.py).
 """
 
 from __future__ import annotations
@@ -20,12 +31,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from captioning.config import EncoderConfig, ImagesConfig
+from captioning.distribution import Worker, shard_bounds
 from captioning.files import write_json
 
 FORMAT_VERSION = 1
@@ -33,6 +46,11 @@ FEATURES_FILE = "features.npy"
 PARTIAL_FILE = "features.partial.npy"
 PROGRESS_FILE = "progress.json"
 MANIFEST_FILE = "manifest.json"
+# Multi-worker extraction: how long a worker waits for the others' shards without any
+# file changing (ten minutes covers a worker still starting TensorFlow and reading its data
+# set index; a running extraction writes progress every ten batches), and how often it looks.
+SHARD_STALL_SECONDS = 600.0
+POLL_SECONDS = 1.0
 
 
 def encoder_is_frozen(config: EncoderConfig) -> bool:
@@ -69,33 +87,117 @@ def cache_key(paths: list[str], encoder: EncoderConfig, images: ImagesConfig, no
     return key, description
 
 
+class FeatureCacheError(ValueError):
+    """The shards of a multi-worker extraction did not all arrive."""
+
+
 class FeatureCache:
-    def __init__(self, cache_root: str | Path):
+    """cache_root/<key>/features.npy for each image list, encoder and image size.
+
+    stall_seconds: under several workers, how long a worker waits without any shard file
+    in the key's folder changing before it gives up (a worker died, or the folder is not
+    on a filesystem every worker sees).
+    """
+
+    def __init__(self, cache_root: str | Path, stall_seconds: float = SHARD_STALL_SECONDS):
         self.cache_root = Path(cache_root)
+        self.stall_seconds = stall_seconds
 
     def features(self, paths: list[str], encoder_config: EncoderConfig, images_config: ImagesConfig, normalization: str,
-                 encode_batches, batch_size: int, label: str = "") -> np.ndarray:
+                 encode_batches, batch_size: int, label: str = "", worker: Worker = Worker()) -> np.ndarray:
         """Memory-mapped (images, regions, channels) float16 features, computing what is missing.
 
         encode_batches(paths) yields float32 feature batches (batch, regions, channels) for
         consecutive ``batch_size`` slices of ``paths``.
+
+        worker: with ``worker.count`` > 1, this process computes only its share of the images
+        (``shard_bounds``) into ``shard-<index>-of-<count>.npy``; the chief waits for every
+        shard, joins them into features.npy and writes the manifest, and the other workers
+        wait for that manifest. Every worker must see the same ``cache_root``.
         """
         key, description = cache_key(paths, encoder_config, images_config, normalization)
         folder = self.cache_root / key
         final_path = folder / FEATURES_FILE
-        if (folder / MANIFEST_FILE).is_file() and final_path.is_file():
-            features = np.load(final_path, mmap_mode="r", allow_pickle=False)
-            if features.shape[0] == len(paths):
-                return features
+        if self._is_complete(folder, len(paths)):
+            return np.load(final_path, mmap_mode="r", allow_pickle=False)
         folder.mkdir(parents=True, exist_ok=True)
-        self._compute(paths, folder, encode_batches, batch_size, label)
-        os.replace(folder / PARTIAL_FILE, final_path)
-        (folder / PROGRESS_FILE).unlink(missing_ok=True)
-        write_json(folder / MANIFEST_FILE, description)
+        if worker.count == 1:
+            self._compute(paths, folder / PARTIAL_FILE, folder / PROGRESS_FILE, encode_batches, batch_size, label)
+            self._publish(folder, folder / PARTIAL_FILE, description)
+        else:
+            self._compute_shard(paths, folder, encode_batches, batch_size, label, worker)
+            if worker.is_chief:
+                self._join_shards(folder, len(paths), worker.count, label)
+                self._publish(folder, folder / PARTIAL_FILE, description)
+                for index in range(worker.count):
+                    (folder / shard_file_name(index, worker.count)).unlink(missing_ok=True)
+            else:
+                self._wait_for(folder, lambda: self._is_complete(folder, len(paths)), "the chief to join the shards")
         return np.load(final_path, mmap_mode="r", allow_pickle=False)
 
-    def _compute(self, paths, folder: Path, encode_batches, batch_size: int, label: str) -> None:
-        partial_path, progress_path = folder / PARTIAL_FILE, folder / PROGRESS_FILE
+    @staticmethod
+    def _is_complete(folder: Path, image_count: int) -> bool:
+        final_path = folder / FEATURES_FILE
+        if not ((folder / MANIFEST_FILE).is_file() and final_path.is_file()):
+            return False
+        return np.load(final_path, mmap_mode="r", allow_pickle=False).shape[0] == image_count
+
+    @staticmethod
+    def _publish(folder: Path, partial_path: Path, description: dict) -> None:
+        """The finished file takes its final name, then the manifest (written last) says it is complete."""
+        os.replace(partial_path, folder / FEATURES_FILE)
+        (folder / PROGRESS_FILE).unlink(missing_ok=True)
+        write_json(folder / MANIFEST_FILE, description)
+
+    def _compute_shard(self, paths, folder: Path, encode_batches, batch_size: int, label: str, worker: Worker) -> None:
+        """This worker's slice of ``paths`` into its shard file (resumable like the whole cache)."""
+        shard_path = folder / shard_file_name(worker.index, worker.count)
+        if shard_path.is_file():
+            return
+        start, stop = shard_bounds(len(paths), worker)
+        partial_path = shard_path.with_name(shard_path.name.replace(".npy", ".partial.npy"))
+        progress_path = shard_path.with_name(shard_path.name.replace(".npy", ".progress.json"))
+        self._compute(paths[start:stop], partial_path, progress_path, encode_batches, batch_size,
+                      f"{label} (worker {worker.index} of {worker.count}: images {start} to {stop - 1})")
+        os.replace(partial_path, shard_path)
+        progress_path.unlink(missing_ok=True)
+
+    def _join_shards(self, folder: Path, image_count: int, worker_count: int, label: str) -> None:
+        """Waits for every worker's shard, then copies them in worker order into features.partial.npy."""
+        shard_paths = [folder / shard_file_name(index, worker_count) for index in range(worker_count)]
+        self._wait_for(folder, lambda: all(path.is_file() for path in shard_paths), "every worker's shard")
+        shards = [np.load(path, mmap_mode="r", allow_pickle=False) for path in shard_paths]
+        shapes = {shard.shape[1:] for shard in shards if len(shard)}
+        if sum(len(shard) for shard in shards) != image_count or len(shapes) != 1:
+            raise FeatureCacheError(f"{folder}: the shards hold {[shard.shape for shard in shards]}, not the "
+                                    f"{image_count} images of one feature shape; delete the folder and extract again")
+        print(f"{label}: joining {worker_count} feature shards")
+        joined = np.lib.format.open_memmap(folder / PARTIAL_FILE, mode="w+", dtype=np.float16,
+                                           shape=(image_count, *shapes.pop()))
+        start = 0
+        for shard in shards:
+            if len(shard):  # a worker with no share of a tiny split wrote an empty (0,) array
+                joined[start:start + len(shard)] = shard
+                start += len(shard)
+        joined.flush()
+        del joined
+
+    def _wait_for(self, folder: Path, is_done, what: str) -> None:
+        """Polls ``is_done()`` while the files in ``folder`` keep changing; gives up after
+        ``stall_seconds`` without any change."""
+        last_change, last_seen = time.monotonic(), None
+        while not is_done():
+            seen = _listing(folder)
+            if seen != last_seen:
+                last_change, last_seen = time.monotonic(), seen
+            elif time.monotonic() - last_change > self.stall_seconds:
+                raise FeatureCacheError(
+                    f"{folder}: waited {self.stall_seconds:.0f} s for {what} with no file changing. Is a worker down, "
+                    "or is images.feature_cache_dir not on a filesystem every worker sees? Without one, set "
+                    "images.feature_cache_shared=false (every worker then extracts all images itself).")
+            time.sleep(POLL_SECONDS)
+
+    def _compute(self, paths, partial_path: Path, progress_path: Path, encode_batches, batch_size: int, label: str) -> None:
         done = 0
         features = None
         if partial_path.is_file() and progress_path.is_file():
@@ -108,6 +210,9 @@ class FeatureCache:
                 features, done = None, 0
         if done:
             print(f"{label}: resuming feature extraction at image {done} of {len(paths)}")
+        if not paths:  # a worker with no share of a tiny split
+            np.save(partial_path, np.zeros((0,), dtype=np.float16), allow_pickle=False)
+            return
         progress_bar = keras.utils.Progbar(len(paths), unit_name="image")
         progress_bar.update(done)
         for start, batch in zip(range(done, len(paths), batch_size), encode_batches(paths[done:])):
@@ -122,3 +227,19 @@ class FeatureCache:
             progress_bar.update(start + len(batch))
         features.flush()
         del features
+
+
+def shard_file_name(index: int, count: int) -> str:
+    return f"shard-{index}-of-{count}.npy"
+
+
+def _listing(folder: Path) -> list[tuple]:
+    """(name, modification time, size) of the files in ``folder``; files replaced meanwhile are skipped."""
+    listing = []
+    for path in folder.iterdir():
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            continue
+        listing.append((path.name, status.st_mtime_ns, status.st_size))
+    return sorted(listing)

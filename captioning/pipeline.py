@@ -100,7 +100,7 @@ def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, rea
         # generators are stateful, and parallel calls would take their states in a varying
         # order, so the run would not repeat. It costs little next to reading the images.
         dataset = dataset.map(augmentation)
-    return dataset.map(inputs_and_targets, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(dataset.map(inputs_and_targets, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
@@ -121,4 +121,15 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
         batch_tokens = tf.ensure_shape(batch_tokens, (None, *tokens.shape[1:]))
         return {"features": batch_features, "captions": batch_tokens[:, :, :-1]}, batch_tokens[:, :, 1:]
 
-    return dataset.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(dataset)
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Under "multi_worker", every worker runs the same pipeline and keeps its share of each
+    global batch (tf.data's DATA auto-shard policy). The default policy would first look for
+    input files to split by worker, find none (our sources are in-memory lists) and log a
+    warning. Other strategies ignore the option."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

@@ -36,6 +36,21 @@ def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
+def test_a_caption_length_known_only_at_run_time_gives_the_same_logits(cell):
+    """A known length is unrolled step by step (XLA needs it); an unknown one runs as keras'
+    scan (a graph while loop). Both are the same recurrence."""
+    decoder = make_decoder(cell)
+    features, token_ids = decoder_inputs()
+    unrolled, unrolled_attention = decoder((features, token_ids), return_attention=True)
+    scanned_call = tf.function(lambda features, token_ids: decoder((features, token_ids), return_attention=True),
+                               input_signature=[tf.TensorSpec((None, 4, 5), tf.float32),
+                                                tf.TensorSpec((None, None), tf.int32)])
+    scanned, scanned_attention = scanned_call(features, token_ids)
+    np.testing.assert_allclose(scanned, unrolled, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scanned_attention, unrolled_attention, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
 @pytest.mark.parametrize("gate", [True, False])
 def test_logits_and_attention_shapes(cell, gate):
     decoder = make_decoder(cell, gate=gate)

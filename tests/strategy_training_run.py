@@ -1,0 +1,92 @@
+"""Trains the tiny config under one or more strategies; test_distribution.py runs it in a
+subprocess, because TensorFlow's devices are fixed when it starts.
+
+    python tests/strategy_training_run.py OUT_DIR --strategies default mirrored [--devices N]
+        [--interrupt] [--set SECTION.FIELD=VALUE ...]
+
+Each strategy trains into OUT_DIR/<strategy>/run; with --interrupt every strategy but
+"default" is interrupted after its first epoch and resumed. Writes OUT_DIR/<strategy>.json
+(OUT_DIR/multi_worker-worker<i>.json for worker i of several):
+{"replicas", "initial_weights" (sha256 of the weights as built), "history" (state.json's),
+"epochs_done", "epochs_before_interruption", "finished" (metrics.json written)}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # captioning
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("--strategies", nargs="+", required=True)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--interrupt", action="store_true")
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    arguments = parser.parse_args()
+
+    import tensorflow as tf
+
+    if arguments.devices > 1:  # before anything initializes TensorFlow
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * arguments.devices)
+
+    import keras
+    import numpy as np
+
+    import captioning.train as train_module
+    from captioning.checkpoints import TrainingCheckpoint
+    from captioning.distribution import current_worker
+    from conftest import tiny_config
+
+    keras.config.disable_traceback_filtering()  # a failure in a subprocess shows its whole stack
+    out_dir = Path(arguments.out_dir)
+    original_compile = train_module.compile_model
+    original_on_epoch_end = TrainingCheckpoint.on_epoch_end
+
+    def crash_after_first_epoch(self, epoch, logs=None):
+        original_on_epoch_end(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+    for strategy in arguments.strategies:
+        config = tiny_config(out_dir / "data", f"training.strategy={strategy}", *arguments.overrides)
+        run_dir = out_dir / strategy / "run"
+        record = {}
+
+        def compile_and_record(model, training):  # the weights as built, before any step
+            digest = hashlib.sha256()
+            for weight in model.get_weights():
+                digest.update(np.ascontiguousarray(weight).tobytes())
+            record.setdefault("initial_weights", digest.hexdigest())
+            record["replicas"] = tf.distribute.get_strategy().num_replicas_in_sync
+            original_compile(model, training)
+
+        train_module.compile_model = compile_and_record
+        if arguments.interrupt and strategy != "default":
+            TrainingCheckpoint.on_epoch_end = crash_after_first_epoch
+            try:
+                train_module.train(config, run_dir, verbose=0)
+            except KeyboardInterrupt:
+                pass
+            TrainingCheckpoint.on_epoch_end = original_on_epoch_end
+            state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+            record["epochs_before_interruption"] = state["epochs_done"]
+        train_module.train(config, run_dir, verbose=0)
+        state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+        record.update(history=state["history"], epochs_done=state["epochs_done"],
+                      finished=(run_dir / "metrics.json").is_file())
+        worker = current_worker(config.training)
+        name = f"{strategy}-worker{worker.index}" if worker.count > 1 else strategy
+        (out_dir / f"{name}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
