@@ -7,7 +7,9 @@ A registry maps ``encoder.name`` to a builder, so one test covers every encoder:
 
 Pretrained backbones (``vgg16``, ``mobilenet``, ``resnet50``, ``inception_v3``,
 ``efficientnet_b0``) share one code path: weights "imagenet", a local file or "none";
-frozen, fully trainable, or with the last block fine-tuned. Each encoder also names the normalization the image loader must apply
+frozen, fully trainable, with the last block fine-tuned, or with its top N weighted layers
+trainable for the second phase of a fine-tuned run (``build_encoder(..., fine_tuning=True)``,
+see train.py). Each encoder also names the normalization the image loader must apply
 (``normalization_for(config.encoder)``).
 """
 
@@ -139,6 +141,18 @@ BACKBONES = {
 }
 
 
+# Layers holding statistics rather than learned filters: never unfrozen, never counted.
+NORMALIZATION_LAYERS = (layers.BatchNormalization, layers.Normalization)
+
+
+def fine_tunable_layers(network: keras.Model) -> list[layers.Layer]:
+    """The layers ``encoder.fine_tune_layers`` counts, bottom to top: those with weights
+    (convolutions, depthwise convolutions) except normalization layers (BatchNormalization,
+    whose statistics stay frozen when fine-tuning, and EfficientNet's input Normalization).
+    VGG16 has 13, MobileNet 27, ResNet50 53, InceptionV3 94, EfficientNetB0 81."""
+    return [layer for layer in network.layers if layer.weights and not isinstance(layer, NORMALIZATION_LAYERS)]
+
+
 @keras.saving.register_keras_serializable(package="captioning")
 class PretrainedBackbone(layers.Layer):
     """A keras.applications backbone without its top, as a region-feature encoder.
@@ -146,10 +160,15 @@ class PretrainedBackbone(layers.Layer):
     images: (batch, height, width, 3) preprocessed as the backbone expects.
     Returns (batch, grid_height * grid_width, channels), e.g. (batch, 49, 512) for VGG16 at 224.
     weights: "imagenet", a local weights file, or "none".
+    trainable_top_layers: N > 0 makes the top N of ``fine_tunable_layers`` trainable and keeps
+    everything else frozen, BatchNormalization included; the network then always runs in
+    inference mode, so batch norm uses (and keeps) its pretrained moving statistics, as the
+    Keras transfer-learning guide does. A small data set would otherwise drag the statistics
+    ImageNet estimated towards its own batches, and every layer above would see shifted inputs.
     """
 
     def __init__(self, backbone="vgg16", image_shape=(224, 224, 3), weights="imagenet", trainable_backbone=False,
-                 fine_tune_last_block=False, alpha=1.0, **kwargs):
+                 fine_tune_last_block=False, alpha=1.0, trainable_top_layers=0, **kwargs):
         super().__init__(**kwargs)
         if backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
@@ -159,10 +178,14 @@ class PretrainedBackbone(layers.Layer):
         self.trainable_backbone = trainable_backbone
         self.fine_tune_last_block = fine_tune_last_block
         self.alpha = alpha
+        self.trainable_top_layers = trainable_top_layers
         spec = BACKBONES[backbone]
         options = {"alpha": alpha} if spec.takes_alpha else {}
         self.network = _construct_backbone(spec, backbone, self.image_shape, weights, options)
-        self.network.trainable = trainable_backbone or fine_tune_last_block
+        if trainable_top_layers:
+            self._unfreeze_top_layers(trainable_top_layers)
+        else:
+            self.network.trainable = trainable_backbone or fine_tune_last_block
         if fine_tune_last_block and not trainable_backbone:
             names = [layer.name for layer in self.network.layers]
             if spec.last_block_start not in names:
@@ -171,8 +194,22 @@ class PretrainedBackbone(layers.Layer):
             for index, layer in enumerate(self.network.layers):
                 layer.trainable = index >= first_trainable
 
+    def _unfreeze_top_layers(self, count: int) -> None:
+        if self.trainable_backbone or self.fine_tune_last_block:
+            raise ConfigError("encoder.fine_tune_layers fine-tunes in a second phase after a frozen first one; "
+                              "it cannot be combined with encoder.trainable or encoder.fine_tune_last_block")
+        candidates = fine_tunable_layers(self.network)
+        if not 0 < count <= len(candidates):
+            raise ConfigError(f"encoder.fine_tune_layers={count}: {self.backbone} has {len(candidates)} layers with "
+                              f"weights (BatchNormalization not counted); valid: 0 (no fine-tuning phase) to "
+                              f"{len(candidates)}")
+        top = {id(layer) for layer in candidates[-count:]}
+        for layer in self.network.layers:
+            layer.trainable = id(layer) in top
+
     def call(self, images, training=None):
-        # A frozen backbone always runs in inference mode (batch norm statistics stay put).
+        # A frozen backbone always runs in inference mode (batch norm statistics stay put);
+        # so does one whose top layers are fine-tuned (see the class docstring).
         training = training if (self.trainable_backbone or self.fine_tune_last_block) else False
         features = self.network(images, training=training)  # (batch, grid_height, grid_width, channels)
         batch, grid_height, grid_width, channels = ops.shape(features)
@@ -196,6 +233,7 @@ class PretrainedBackbone(layers.Layer):
             "trainable_backbone": self.trainable_backbone,
             "fine_tune_last_block": self.fine_tune_last_block,
             "alpha": self.alpha,
+            "trainable_top_layers": self.trainable_top_layers,
         }
 
 
@@ -221,18 +259,25 @@ def _construct_backbone(spec: Backbone, name: str, image_shape, weights: str, op
         raise EncoderWeightsError(f"{path}: could not load {name} weights from this file ({error})") from None
 
 
-def _build_conv_stack(config: EncoderConfig, image_shape, load_pretrained: bool):
+def _build_conv_stack(config: EncoderConfig, image_shape, load_pretrained: bool, fine_tuning: bool):
+    if config.fine_tune_layers:
+        raise ConfigError(f"encoder.fine_tune_layers={config.fine_tune_layers} applies to pretrained backbones; "
+                          "conv_stack always trains end to end (set it to 0)")
     return ConvStack(
         filters=config.filters, kernel_size=config.kernel_size, batch_norm=config.batch_norm,
         activation=config.activation, name="encoder",
     )
 
 
-def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool):
+def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool, fine_tuning: bool):
+    if config.fine_tune_layers < 0:
+        raise ConfigError(f"encoder.fine_tune_layers={config.fine_tune_layers} is negative; "
+                          "valid: 0 (no fine-tuning phase) or the number of top layers to unfreeze")
     return PretrainedBackbone(
         backbone=config.name, image_shape=image_shape,
         weights=config.weights if load_pretrained else "none",
         trainable_backbone=config.trainable, fine_tune_last_block=config.fine_tune_last_block, alpha=config.alpha,
+        trainable_top_layers=config.fine_tune_layers if fine_tuning else 0,
         name="encoder",
     )
 
@@ -240,15 +285,18 @@ def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool):
 ENCODERS: dict[str, Callable] = {"conv_stack": _build_conv_stack, **{name: _build_backbone for name in BACKBONES}}
 
 
-def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = True) -> layers.Layer:
+def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = True,
+                  fine_tuning: bool = False) -> layers.Layer:
     """The encoder named by ``config.name`` for images of ``image_shape`` (height, width, 3).
 
     load_pretrained=False skips downloading/reading pretrained weights (a saved run's own
-    weights file restores them).
+    weights file restores them). fine_tuning=True builds the second phase's encoder: the
+    top ``config.fine_tune_layers`` layers trainable; otherwise those layers are frozen like
+    the rest (the first phase, and captioning: the weights are the same variables either way).
     """
     if config.name not in ENCODERS:
         raise ConfigError(f"unknown encoder '{config.name}' (encoder.name); valid: {', '.join(ENCODERS)}")
-    return ENCODERS[config.name](config, tuple(image_shape), load_pretrained)
+    return ENCODERS[config.name](config, tuple(image_shape), load_pretrained, fine_tuning)
 
 
 def normalization_for(config: EncoderConfig) -> str:

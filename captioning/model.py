@@ -61,9 +61,14 @@ def image_shape(config: ExperimentConfig) -> tuple[int, int, int]:
     return (config.images.y_size, config.images.x_size, 3)
 
 
-def build_model(config: ExperimentConfig, vocab_size: int, load_pretrained: bool = True) -> CaptionModel:
-    """Encoder and decoder from their config sections, built on a dummy batch."""
-    encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=load_pretrained)
+def build_model(config: ExperimentConfig, vocab_size: int, load_pretrained: bool = True,
+                fine_tuning: bool = False) -> CaptionModel:
+    """Encoder and decoder from their config sections, built on a dummy batch.
+
+    fine_tuning=True: the encoder of a fine-tuning phase (encoders.build_encoder).
+    """
+    encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=load_pretrained,
+                            fine_tuning=fine_tuning)
     decoder = build_decoder(config.decoder, vocab_size)
     model = CaptionModel(encoder, decoder, name="caption_model")
     model({"images": ops.zeros((1, *image_shape(config))), "captions": ops.zeros((1, 1, 2), dtype="int32")})

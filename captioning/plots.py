@@ -13,11 +13,16 @@ from captioning.files import atomic_path  # noqa: E402
 
 
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> None:
-    """One line per logged quantity (loss, val_loss, ...) against the epoch number."""
+    """One line per logged quantity (loss, val_loss, ...) against the epoch number; a dashed
+    line where a fine-tuning phase starts (rows carry their ``phase``)."""
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     epochs = [row["epoch"] for row in history]
-    for name in [key for key in history[0] if key != "epoch"] if history else []:
+    for name in [key for key in history[0] if key not in ("epoch", "phase")] if history else []:
         axis.plot(epochs, [row.get(name) for row in history], marker="o", label=name)
+    phase_starts = [row["epoch"] for previous, row in zip(history, history[1:])
+                    if row.get("phase", 1) != previous.get("phase", 1)]
+    for epoch in phase_starts:
+        axis.axvline(epoch - 0.5, color="gray", linestyle="--", label="fine-tuning starts")
     axis.set_xlabel("epoch")
     axis.set_ylabel("masked cross-entropy")
     axis.set_title(title or "training curves")
