@@ -8,6 +8,8 @@
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json] [BEAM=width]
 #   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes_*.toml] [OUT=dir, default runs/compare]
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
+#   make inspect IMG=path [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]   (PNGs: the encoder's input,
+#                first-layer filters, each block's strongest feature maps, attention; default OUT runs/inspect/<image>)
 #   make test
 #
 # BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
@@ -18,7 +20,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SPLIT ?= test
 
-.PHONY: train caption evaluate compare test venv clean-cache
+.PHONY: train caption evaluate compare inspect test venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -39,6 +41,10 @@ evaluate: $(INSTALLED)
 
 compare: $(INSTALLED)
 	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET))
+
+inspect: $(INSTALLED)
+	@test -n "$(IMG)" || { echo "usage: make inspect IMG=path/to/image [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]" >&2; exit 2; }
+	@$(PY) -m captioning inspect "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET)) $(if $(OUT),--out "$(OUT)")
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

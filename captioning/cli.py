@@ -4,6 +4,7 @@
     python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N] [--attention OUT.png]
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...]
+    python -m captioning inspect IMAGE [--run DIR | --experiment FILE] [--set ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ def parse_arguments(argv):
     compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                          help="repeat each experiment with these training.seed values; the table shows mean ± std")
     compare.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="overrides for every experiment")
+
+    inspect = commands.add_parser("inspect", help="write PNGs of what the encoder makes of an image")
+    inspect.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
+    inspect.add_argument("--run", help="a trained run: its encoder, caption and attention (default: the latest run)")
+    inspect.add_argument("--experiment", help="no run: a fresh encoder from this experiment's config "
+                                              f"(default without runs: {DEFAULT_EXPERIMENT.name})")
+    inspect.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                         help="config overrides, e.g. encoder.name=vgg16 encoder.weights=none")
+    inspect.add_argument("--out", help="folder for the PNGs (default: runs/inspect/<image name>)")
     return parser.parse_args(argv)
 
 
@@ -144,7 +154,16 @@ def run_compare(arguments) -> None:
     compare(experiments, Path(arguments.out), seeds=arguments.seeds, overrides=arguments.set, verbose="auto")
 
 
-COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare}
+def run_inspect(arguments) -> None:
+    from captioning.inspection import inspect
+
+    for path in inspect(arguments.image, arguments.out, arguments.run, arguments.experiment, arguments.set,
+                        default_experiment=DEFAULT_EXPERIMENT):
+        print(path)
+
+
+COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare,
+            "inspect": run_inspect}
 
 
 def main(argv=None) -> int:

@@ -76,6 +76,20 @@ class ConvStack(layers.Layer):
         batch, grid_height, grid_width, channels = ops.shape(features)
         return ops.reshape(features, (batch, grid_height * grid_width, channels))
 
+    def feature_maps(self, images) -> list[tuple[str, object]]:
+        """What each block hands the next, for inspection: (its pooling layer's name,
+        (batch, height, width, channels)), first block first, in inference mode."""
+        maps, features = [], images  # (batch, height, width, 3)
+        for block in self.blocks:
+            for layer in block:
+                features = layer(features, training=False) if isinstance(layer, layers.BatchNormalization) else layer(features)
+            maps.append((block[-1].name, features))  # (batch, height / 2**(k + 1), width / 2**(k + 1), filters[k])
+        return maps
+
+    def first_convolution(self) -> layers.Conv2D:
+        """The convolution that reads the image; its kernel is (size, size, 3, filters[0])."""
+        return self.blocks[0][0]
+
     def grid_shape(self, image_shape) -> tuple[int, int]:
         """(grid_height, grid_width) of the regions for images of (height, width, 3)."""
         scale = 2 ** len(self.filters)
@@ -215,6 +229,20 @@ class PretrainedBackbone(layers.Layer):
         batch, grid_height, grid_width, channels = ops.shape(features)
         return ops.reshape(features, (batch, grid_height * grid_width, channels))
 
+    def feature_maps(self, images) -> list[tuple[str, object]]:
+        """For inspection: (layer name, (batch, height, width, channels)) at the end of each
+        resolution the network passes through (``resolution_ends``), largest first, in
+        inference mode. One multi-output model over the backbone computes them all."""
+        chosen = resolution_ends(self.network)
+        probe = keras.Model(self.network.input, [layer.output for layer in chosen])  # shares the layers
+        outputs = probe(images, training=False)
+        return [(layer.name, output) for layer, output in zip(chosen, outputs)]
+
+    def first_convolution(self) -> layers.Conv2D:
+        """The convolution that reads the (normalized) RGB image: its kernel is (size, size, 3, filters)."""
+        return next(layer for layer in self.network.layers
+                    if isinstance(layer, layers.Conv2D) and layer.kernel.shape[2] == 3)
+
     def grid_shape(self, image_shape) -> tuple[int, int]:
         """(grid_height, grid_width) of the regions for images of (height, width, 3)."""
         grid = self.network.compute_output_shape((None, *image_shape))
@@ -235,6 +263,34 @@ class PretrainedBackbone(layers.Layer):
             "alpha": self.alpha,
             "trainable_top_layers": self.trainable_top_layers,
         }
+
+
+def resolution_ends(network: keras.Model) -> list[layers.Layer]:
+    """The representative layers to look at: at each spatial resolution of the network, the
+    widest (most channels) and, among those, the last layer, largest resolution first. That
+    is the output of the last block at that size, before the network downsamples: VGG16 at
+    224 px gives block1_conv2 (224), block2_conv2 (112), block3_conv3, block4_conv3,
+    block5_conv3, block5_pool (7); ResNet50 conv1_relu, conv2_block3_out ... conv5_block3_out;
+    InceptionV3 mixed2 and mixed7 rather than the narrower branches of the reduction blocks
+    that follow them.
+
+    Layers before the first convolution (input scaling) and zero padding are skipped; so is
+    a resolution whose layer comes before a larger one's (EfficientNet's squeeze-and-
+    excitation branches are 1 x 1 inside blocks of every size)."""
+    first = next(index for index, layer in enumerate(network.layers) if isinstance(layer, layers.Conv2D))
+    best_at = {}  # (height, width) -> (channels, index) of the widest, then last, layer of that size
+    for index in range(first, len(network.layers)):
+        layer = network.layers[index]
+        shape = layer.output.shape
+        if isinstance(layer, layers.ZeroPadding2D) or len(shape) != 4:
+            continue
+        best_at[(shape[1], shape[2])] = max(best_at.get((shape[1], shape[2]), (0, -1)), (shape[3], index))
+    chosen = []
+    for size in sorted(best_at, key=lambda size: size[0] * size[1], reverse=True):
+        index = best_at[size][1]
+        if not chosen or index > chosen[-1]:
+            chosen.append(index)
+    return [network.layers[index] for index in chosen]
 
 
 def _construct_backbone(spec: Backbone, name: str, image_shape, weights: str, options: dict):
