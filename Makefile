@@ -10,6 +10,8 @@
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
 #                [README=name]   (also writes the table into README.md between <!-- results:name --> and <!-- /results -->)
 #   make bench [OUT=file.json] [SET="data.root=/path/to/flickr8k ..."]   (speed ratios and peak memory; about 10 min on 2 cores)
+#   make inspect IMG=path [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]   (PNGs: the encoder's input,
+#                first-layer filters, each block's strongest feature maps, attention; default OUT runs/inspect/<image>)
 #   make test
 #
 # BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
@@ -20,7 +22,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SPLIT ?= test
 
-.PHONY: train caption evaluate compare bench test venv clean-cache
+.PHONY: train caption evaluate compare bench inspect test venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -44,6 +46,10 @@ compare: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) -m captioning bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET))
+
+inspect: $(INSTALLED)
+	@test -n "$(IMG)" || { echo "usage: make inspect IMG=path/to/image [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]" >&2; exit 2; }
+	@$(PY) -m captioning inspect "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET)) $(if $(OUT),--out "$(OUT)")
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

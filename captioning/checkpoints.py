@@ -3,6 +3,10 @@
 ``checkpoint/state.json`` is written last and names the weights file of the last finished
 epoch, so an interruption at any moment leaves a consistent pair: the state always points
 at complete weights (model + optimizer) written before it.
+
+A run with a fine-tuning phase has one checkpoint per phase (train.py puts phase 2's in
+``checkpoint/fine_tune/``); each state records its ``phase`` and ``first_epoch``. Epochs are
+numbered across the run: phase 2 of a run whose phase 1 ended after epoch 10 starts at 11.
 """
 
 from __future__ import annotations
@@ -27,27 +31,40 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     checkpoint_dir: where per-epoch weights and state.json go.
     best_weights_path: the lowest-validation-loss weights (the run's model).
-    history_path: CSV of every finished epoch's logs.
+    history_path: CSV of every finished epoch's logs, after ``earlier_history`` (the rows of
+        the phases before this one).
+    phase: 1, or 2 for the fine-tuning phase; every history row records it.
     """
 
-    def __init__(self, checkpoint_dir: Path, best_weights_path: Path, history_path: Path, patience: int):
+    def __init__(self, checkpoint_dir: Path, best_weights_path: Path, history_path: Path, patience: int,
+                 phase: int = 1, earlier_history: list[dict] = ()):
         super().__init__()
         self.checkpoint_dir = Path(checkpoint_dir)
         self.best_weights_path = Path(best_weights_path)
         self.history_path = Path(history_path)
         self.patience = patience
-        self.state = {"epochs_done": 0, "best_val_loss": None, "best_epoch": 0, "epochs_without_improvement": 0,
-                      "stopped_early": False, "weights_file": None, "history": [], "training_seconds": 0.0}
+        self.earlier_history = list(earlier_history)
+        self.state = {"phase": phase, "first_epoch": 0, "epochs_done": 0, "best_val_loss": None, "best_epoch": 0,
+                      "epochs_without_improvement": 0, "stopped_early": False, "weights_file": None, "history": [],
+                      "training_seconds": 0.0}
 
     @property
     def state_path(self) -> Path:
         return self.checkpoint_dir / STATE_FILE
 
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether an epoch of this phase has finished (in this process or an earlier one)."""
+        return self.state_path.is_file()
+
     def restore(self, model: keras.Model) -> int:
         """Loads the last checkpoint into ``model`` (compiled); returns the epoch to start from."""
         if not self.state_path.is_file():
-            return 0
-        state = json.loads(self.state_path.read_text())
+            return self.state["epochs_done"]
+        state = {"phase": 1, "first_epoch": 0} | json.loads(self.state_path.read_text())  # older runs: phase 1 only
+        if state["phase"] != self.state["phase"]:
+            raise RunError(f"{self.state_path} holds phase {state['phase']}, expected phase {self.state['phase']}; "
+                           "delete the checkpoint folder to start over")
         weights_path = self.checkpoint_dir / state["weights_file"]
         if not weights_path.is_file():
             raise RunError(f"{weights_path}: checkpoint named by {self.state_path} is missing; delete the checkpoint folder to start over")
@@ -56,9 +73,25 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.state = state
         return state["epochs_done"]
 
+    def start_from(self, model: keras.Model, validation_loss: float, first_epoch: int, best_epoch: int) -> None:
+        """Starts a phase from the weights ``model`` holds: the previous phase's best, from
+        ``best_epoch``, scoring ``validation_loss`` here, after ``first_epoch`` epochs of earlier
+        phases. They stay this phase's best until an epoch beats them, so a phase that only
+        makes things worse stops after ``patience`` epochs and leaves them as the result."""
+        model.optimizer.build(model.trainable_variables)  # the best-weights file then has its slots
+        with atomic_path(self.best_weights_path) as temporary:
+            model.save_weights(temporary)
+        self.state.update(first_epoch=first_epoch, epochs_done=first_epoch, best_val_loss=validation_loss,
+                          best_epoch=best_epoch, starting_val_loss=validation_loss)
+
     @property
     def finished(self) -> bool:
         return self.state["stopped_early"]
+
+    @property
+    def phase_epochs(self) -> int:
+        """Epochs finished in this phase."""
+        return self.state["epochs_done"] - self.state["first_epoch"]
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.time()
@@ -78,7 +111,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         else:
             state["epochs_without_improvement"] += 1
         previous_weights = state["weights_file"]
-        state["history"].append({"epoch": epoch + 1, **logs})
+        state["history"].append({"phase": state["phase"], "epoch": epoch + 1, **logs})
         state.update(epochs_done=epoch + 1, weights_file=weights_file)
         if state["epochs_without_improvement"] >= self.patience:
             state["stopped_early"] = True
@@ -89,7 +122,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._write_history()
 
     def _write_history(self):
-        rows = self.state["history"]
+        rows = self.earlier_history + self.state["history"]
         columns = list(dict.fromkeys(column for row in rows for column in row))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)

@@ -5,6 +5,7 @@
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--readme NAME]
     python -m captioning bench [--quick] [--out FILE.json] [--set ...]
+    python -m captioning inspect IMAGE [--run DIR | --experiment FILE] [--set ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ def parse_arguments(argv):
     bench.add_argument("--out", help="also write the results as JSON here")
     bench.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                        help="overrides of the bench's experiment, e.g. data.root=/path/to/flickr8k to time its images")
+
+    inspect = commands.add_parser("inspect", help="write PNGs of what the encoder makes of an image")
+    inspect.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
+    inspect.add_argument("--run", help="a trained run: its encoder, caption and attention (default: the latest run)")
+    inspect.add_argument("--experiment", help="no run: a fresh encoder from this experiment's config "
+                                              f"(default without runs: {DEFAULT_EXPERIMENT.name})")
+    inspect.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                         help="config overrides, e.g. encoder.name=vgg16 encoder.weights=none")
+    inspect.add_argument("--out", help="folder for the PNGs (default: runs/inspect/<image name>)")
     return parser.parse_args(argv)
 
 
@@ -174,8 +184,18 @@ def run_bench_command(arguments) -> None:
     run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out)
 
 
+
+def run_inspect(arguments) -> None:
+    from captioning.inspection import inspect
+
+    for path in inspect(arguments.image, arguments.out, arguments.run, arguments.experiment, arguments.set,
+                        default_experiment=DEFAULT_EXPERIMENT):
+        print(path)
+
+
+
 COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare,
-            "bench": run_bench_command}
+            "bench": run_bench_command, "inspect": run_inspect}
 
 
 def main(argv=None) -> int:

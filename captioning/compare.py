@@ -246,7 +246,8 @@ def read_history(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path) as handle:
-        return [{name: float(value) for name, value in row.items()} for row in csv.DictReader(handle)]
+        # A run resumed across versions may leave a column empty in its older rows (phase).
+        return [{name: float(value) for name, value in row.items() if value != ""} for row in csv.DictReader(handle)]
 
 
 def plot_comparison(table: pd.DataFrame, groups: list[list[ComparedRun]], out_dir: Path, aggregate: bool) -> list[str]:

@@ -121,9 +121,19 @@ class EncoderConfig:
     # weights file path, or "none" for random initialization.
     weights: str = "imagenet"
     # Pretrained backbones: frozen by default so the decoder trains on stable features.
+    # true trains the whole backbone end to end from the first epoch (one phase).
     trainable: bool = False
-    # Pretrained backbones: unfreeze the last convolutional block (fine-tuning).
+    # Pretrained backbones: unfreeze the last convolutional block from the first epoch (one
+    # phase, beside a still random decoder); fine_tune_layers is the two-phase alternative.
     fine_tune_last_block: bool = False
+    # Pretrained backbones: N > 0 adds a second training phase. Phase 1 trains the decoder on
+    # the frozen backbone's cached features for training.epochs; phase 2 then unfreezes the
+    # top N layers with weights (convolutions; BatchNormalization is not counted and stays
+    # frozen, in inference mode) and trains encoder and decoder together on images for
+    # training.fine_tune_epochs at training.fine_tune_learning_rate. 0 by default: phase 2
+    # runs the backbone forward and backward on every image of every epoch, far slower than
+    # phase 1 on cached features, and pays off only where the data differ from ImageNet's.
+    fine_tune_layers: int = 0
     # MobileNet only: width multiplier; 0.75 matches the ImageNet weights shipped offline here.
     alpha: float = 1.0
 
@@ -192,6 +202,14 @@ class TrainingConfig:
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-3
+    # Fine-tuning phase (encoder.fine_tune_layers > 0) only: its epochs, after the `epochs`
+    # of phase 1. A few: each costs a backward pass through the unfrozen layers for every
+    # image, and the phase stops early on its own `patience` like phase 1.
+    fine_tune_epochs: int = 5
+    # Fine-tuning phase only: Adam's learning rate, a hundredth of learning_rate (the Keras
+    # transfer-learning guide's 1e-5): large steps would wreck the pretrained filters whose
+    # features the decoder has just learned to read.
+    fine_tune_learning_rate: float = 1e-5
     # Stop when validation loss has not improved for this many epochs.
     patience: int = 3
     # Seeds Python, NumPy, TensorFlow and Keras so a run repeats.

@@ -7,7 +7,9 @@ A registry maps ``encoder.name`` to a builder, so one test covers every encoder:
 
 Pretrained backbones (``vgg16``, ``mobilenet``, ``resnet50``, ``inception_v3``,
 ``efficientnet_b0``) share one code path: weights "imagenet", a local file or "none";
-frozen, fully trainable, or with the last block fine-tuned. Each encoder also names the normalization the image loader must apply
+frozen, fully trainable, with the last block fine-tuned, or with its top N weighted layers
+trainable for the second phase of a fine-tuned run (``build_encoder(..., fine_tuning=True)``,
+see train.py). Each encoder also names the normalization the image loader must apply
 (``normalization_for(config.encoder)``).
 """
 
@@ -74,6 +76,20 @@ class ConvStack(layers.Layer):
         batch, grid_height, grid_width, channels = ops.shape(features)
         return ops.reshape(features, (batch, grid_height * grid_width, channels))
 
+    def feature_maps(self, images) -> list[tuple[str, object]]:
+        """What each block hands the next, for inspection: (its pooling layer's name,
+        (batch, height, width, channels)), first block first, in inference mode."""
+        maps, features = [], images  # (batch, height, width, 3)
+        for block in self.blocks:
+            for layer in block:
+                features = layer(features, training=False) if isinstance(layer, layers.BatchNormalization) else layer(features)
+            maps.append((block[-1].name, features))  # (batch, height / 2**(k + 1), width / 2**(k + 1), filters[k])
+        return maps
+
+    def first_convolution(self) -> layers.Conv2D:
+        """The convolution that reads the image; its kernel is (size, size, 3, filters[0])."""
+        return self.blocks[0][0]
+
     def grid_shape(self, image_shape) -> tuple[int, int]:
         """(grid_height, grid_width) of the regions for images of (height, width, 3)."""
         scale = 2 ** len(self.filters)
@@ -139,6 +155,18 @@ BACKBONES = {
 }
 
 
+# Layers holding statistics rather than learned filters: never unfrozen, never counted.
+NORMALIZATION_LAYERS = (layers.BatchNormalization, layers.Normalization)
+
+
+def fine_tunable_layers(network: keras.Model) -> list[layers.Layer]:
+    """The layers ``encoder.fine_tune_layers`` counts, bottom to top: those with weights
+    (convolutions, depthwise convolutions) except normalization layers (BatchNormalization,
+    whose statistics stay frozen when fine-tuning, and EfficientNet's input Normalization).
+    VGG16 has 13, MobileNet 27, ResNet50 53, InceptionV3 94, EfficientNetB0 81."""
+    return [layer for layer in network.layers if layer.weights and not isinstance(layer, NORMALIZATION_LAYERS)]
+
+
 @keras.saving.register_keras_serializable(package="captioning")
 class PretrainedBackbone(layers.Layer):
     """A keras.applications backbone without its top, as a region-feature encoder.
@@ -146,10 +174,15 @@ class PretrainedBackbone(layers.Layer):
     images: (batch, height, width, 3) preprocessed as the backbone expects.
     Returns (batch, grid_height * grid_width, channels), e.g. (batch, 49, 512) for VGG16 at 224.
     weights: "imagenet", a local weights file, or "none".
+    trainable_top_layers: N > 0 makes the top N of ``fine_tunable_layers`` trainable and keeps
+    everything else frozen, BatchNormalization included; the network then always runs in
+    inference mode, so batch norm uses (and keeps) its pretrained moving statistics, as the
+    Keras transfer-learning guide does. A small data set would otherwise drag the statistics
+    ImageNet estimated towards its own batches, and every layer above would see shifted inputs.
     """
 
     def __init__(self, backbone="vgg16", image_shape=(224, 224, 3), weights="imagenet", trainable_backbone=False,
-                 fine_tune_last_block=False, alpha=1.0, **kwargs):
+                 fine_tune_last_block=False, alpha=1.0, trainable_top_layers=0, **kwargs):
         super().__init__(**kwargs)
         if backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
@@ -159,10 +192,14 @@ class PretrainedBackbone(layers.Layer):
         self.trainable_backbone = trainable_backbone
         self.fine_tune_last_block = fine_tune_last_block
         self.alpha = alpha
+        self.trainable_top_layers = trainable_top_layers
         spec = BACKBONES[backbone]
         options = {"alpha": alpha} if spec.takes_alpha else {}
         self.network = _construct_backbone(spec, backbone, self.image_shape, weights, options)
-        self.network.trainable = trainable_backbone or fine_tune_last_block
+        if trainable_top_layers:
+            self._unfreeze_top_layers(trainable_top_layers)
+        else:
+            self.network.trainable = trainable_backbone or fine_tune_last_block
         if fine_tune_last_block and not trainable_backbone:
             names = [layer.name for layer in self.network.layers]
             if spec.last_block_start not in names:
@@ -171,12 +208,40 @@ class PretrainedBackbone(layers.Layer):
             for index, layer in enumerate(self.network.layers):
                 layer.trainable = index >= first_trainable
 
+    def _unfreeze_top_layers(self, count: int) -> None:
+        if self.trainable_backbone or self.fine_tune_last_block:
+            raise ConfigError("encoder.fine_tune_layers fine-tunes in a second phase after a frozen first one; "
+                              "it cannot be combined with encoder.trainable or encoder.fine_tune_last_block")
+        candidates = fine_tunable_layers(self.network)
+        if not 0 < count <= len(candidates):
+            raise ConfigError(f"encoder.fine_tune_layers={count}: {self.backbone} has {len(candidates)} layers with "
+                              f"weights (BatchNormalization not counted); valid: 0 (no fine-tuning phase) to "
+                              f"{len(candidates)}")
+        top = {id(layer) for layer in candidates[-count:]}
+        for layer in self.network.layers:
+            layer.trainable = id(layer) in top
+
     def call(self, images, training=None):
-        # A frozen backbone always runs in inference mode (batch norm statistics stay put).
+        # A frozen backbone always runs in inference mode (batch norm statistics stay put);
+        # so does one whose top layers are fine-tuned (see the class docstring).
         training = training if (self.trainable_backbone or self.fine_tune_last_block) else False
         features = self.network(images, training=training)  # (batch, grid_height, grid_width, channels)
         batch, grid_height, grid_width, channels = ops.shape(features)
         return ops.reshape(features, (batch, grid_height * grid_width, channels))
+
+    def feature_maps(self, images) -> list[tuple[str, object]]:
+        """For inspection: (layer name, (batch, height, width, channels)) at the end of each
+        resolution the network passes through (``resolution_ends``), largest first, in
+        inference mode. One multi-output model over the backbone computes them all."""
+        chosen = resolution_ends(self.network)
+        probe = keras.Model(self.network.input, [layer.output for layer in chosen])  # shares the layers
+        outputs = probe(images, training=False)
+        return [(layer.name, output) for layer, output in zip(chosen, outputs)]
+
+    def first_convolution(self) -> layers.Conv2D:
+        """The convolution that reads the (normalized) RGB image: its kernel is (size, size, 3, filters)."""
+        return next(layer for layer in self.network.layers
+                    if isinstance(layer, layers.Conv2D) and layer.kernel.shape[2] == 3)
 
     def grid_shape(self, image_shape) -> tuple[int, int]:
         """(grid_height, grid_width) of the regions for images of (height, width, 3)."""
@@ -196,7 +261,36 @@ class PretrainedBackbone(layers.Layer):
             "trainable_backbone": self.trainable_backbone,
             "fine_tune_last_block": self.fine_tune_last_block,
             "alpha": self.alpha,
+            "trainable_top_layers": self.trainable_top_layers,
         }
+
+
+def resolution_ends(network: keras.Model) -> list[layers.Layer]:
+    """The representative layers to look at: at each spatial resolution of the network, the
+    widest (most channels) and, among those, the last layer, largest resolution first. That
+    is the output of the last block at that size, before the network downsamples: VGG16 at
+    224 px gives block1_conv2 (224), block2_conv2 (112), block3_conv3, block4_conv3,
+    block5_conv3, block5_pool (7); ResNet50 conv1_relu, conv2_block3_out ... conv5_block3_out;
+    InceptionV3 mixed2 and mixed7 rather than the narrower branches of the reduction blocks
+    that follow them.
+
+    Layers before the first convolution (input scaling) and zero padding are skipped; so is
+    a resolution whose layer comes before a larger one's (EfficientNet's squeeze-and-
+    excitation branches are 1 x 1 inside blocks of every size)."""
+    first = next(index for index, layer in enumerate(network.layers) if isinstance(layer, layers.Conv2D))
+    best_at = {}  # (height, width) -> (channels, index) of the widest, then last, layer of that size
+    for index in range(first, len(network.layers)):
+        layer = network.layers[index]
+        shape = layer.output.shape
+        if isinstance(layer, layers.ZeroPadding2D) or len(shape) != 4:
+            continue
+        best_at[(shape[1], shape[2])] = max(best_at.get((shape[1], shape[2]), (0, -1)), (shape[3], index))
+    chosen = []
+    for size in sorted(best_at, key=lambda size: size[0] * size[1], reverse=True):
+        index = best_at[size][1]
+        if not chosen or index > chosen[-1]:
+            chosen.append(index)
+    return [network.layers[index] for index in chosen]
 
 
 def _construct_backbone(spec: Backbone, name: str, image_shape, weights: str, options: dict):
@@ -221,18 +315,25 @@ def _construct_backbone(spec: Backbone, name: str, image_shape, weights: str, op
         raise EncoderWeightsError(f"{path}: could not load {name} weights from this file ({error})") from None
 
 
-def _build_conv_stack(config: EncoderConfig, image_shape, load_pretrained: bool):
+def _build_conv_stack(config: EncoderConfig, image_shape, load_pretrained: bool, fine_tuning: bool):
+    if config.fine_tune_layers:
+        raise ConfigError(f"encoder.fine_tune_layers={config.fine_tune_layers} applies to pretrained backbones; "
+                          "conv_stack always trains end to end (set it to 0)")
     return ConvStack(
         filters=config.filters, kernel_size=config.kernel_size, batch_norm=config.batch_norm,
         activation=config.activation, name="encoder",
     )
 
 
-def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool):
+def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool, fine_tuning: bool):
+    if config.fine_tune_layers < 0:
+        raise ConfigError(f"encoder.fine_tune_layers={config.fine_tune_layers} is negative; "
+                          "valid: 0 (no fine-tuning phase) or the number of top layers to unfreeze")
     return PretrainedBackbone(
         backbone=config.name, image_shape=image_shape,
         weights=config.weights if load_pretrained else "none",
         trainable_backbone=config.trainable, fine_tune_last_block=config.fine_tune_last_block, alpha=config.alpha,
+        trainable_top_layers=config.fine_tune_layers if fine_tuning else 0,
         name="encoder",
     )
 
@@ -240,15 +341,18 @@ def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool):
 ENCODERS: dict[str, Callable] = {"conv_stack": _build_conv_stack, **{name: _build_backbone for name in BACKBONES}}
 
 
-def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = True) -> layers.Layer:
+def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = True,
+                  fine_tuning: bool = False) -> layers.Layer:
     """The encoder named by ``config.name`` for images of ``image_shape`` (height, width, 3).
 
     load_pretrained=False skips downloading/reading pretrained weights (a saved run's own
-    weights file restores them).
+    weights file restores them). fine_tuning=True builds the second phase's encoder: the
+    top ``config.fine_tune_layers`` layers trainable; otherwise those layers are frozen like
+    the rest (the first phase, and captioning: the weights are the same variables either way).
     """
     if config.name not in ENCODERS:
         raise ConfigError(f"unknown encoder '{config.name}' (encoder.name); valid: {', '.join(ENCODERS)}")
-    return ENCODERS[config.name](config, tuple(image_shape), load_pretrained)
+    return ENCODERS[config.name](config, tuple(image_shape), load_pretrained, fine_tuning)
 
 
 def normalization_for(config: EncoderConfig) -> str:

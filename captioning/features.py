@@ -53,8 +53,15 @@ SHARD_STALL_SECONDS = 600.0
 POLL_SECONDS = 1.0
 
 
+# Encoder fields that change nothing the frozen backbone computes: how many layers a later
+# fine-tuning phase unfreezes. Left out of the key, so a frozen run and the first phase of a
+# fine-tuned run share their features (and keys made before the field existed stay valid).
+NOT_IN_KEY = ("fine_tune_layers",)
+
+
 def encoder_is_frozen(config: EncoderConfig) -> bool:
-    """Only a pretrained backbone that nothing fine-tunes gives the same features every epoch."""
+    """Only a pretrained backbone that nothing fine-tunes during training.epochs gives the same
+    features every epoch; with encoder.fine_tune_layers that is phase 1 (train.py)."""
     return config.name != "conv_stack" and not config.trainable and not config.fine_tune_last_block
 
 
@@ -79,7 +86,8 @@ def cache_key(paths: list[str], encoder: EncoderConfig, images: ImagesConfig, no
         "format_version": FORMAT_VERSION,
         "images": len(paths),
         "image_listing_sha256": listing.hexdigest(),
-        "encoder": dataclasses.asdict(encoder) | {"weights": weights_digest},
+        "encoder": {name: value for name, value in dataclasses.asdict(encoder).items() if name not in NOT_IN_KEY}
+                   | {"weights": weights_digest},
         "image_size": [images.y_size, images.x_size],
         "normalization": normalization,
     }

@@ -253,6 +253,26 @@ NORMALIZATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+# The inverse of each scheme, for looking at what an encoder gets: normalized float32
+# (height, width, 3) -> RGB in [0, 255] (clip it before display).
+DENORMALIZATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "unit": lambda image: image * np.float32(255.0),
+    "vgg16": lambda image: (image + _IMAGENET_MEAN_BGR_255)[..., ::-1],  # BGR minus mean -> RGB
+    "minus_one_to_one": lambda image: (image + np.float32(1.0)) * np.float32(127.5),
+    "torch": lambda image: (image * _IMAGENET_STD_RGB + _IMAGENET_MEAN_RGB) * np.float32(255.0),
+    "none": lambda image: image,
+}
+
+
+def displayable(image: np.ndarray, normalization: str) -> np.ndarray:
+    """An image as ``NORMALIZATIONS[normalization]`` made it -> float32 RGB in [0, 1] to show."""
+    if normalization not in DENORMALIZATIONS:
+        valid = ", ".join(sorted(DENORMALIZATIONS))
+        raise ValueError(f"unknown normalization {normalization!r}; valid names: {valid}")
+    rgb = DENORMALIZATIONS[normalization](np.asarray(image, dtype=np.float32))
+    return np.clip(rgb / np.float32(255.0), 0.0, 1.0).astype(np.float32)
+
+
 def get_normalization(name: str) -> Callable[[np.ndarray], np.ndarray]:
     """Returns NORMALIZATIONS[name]; an unknown name is a ValueError listing valid ones."""
     try:

@@ -106,9 +106,14 @@ def image_shape(config: ExperimentConfig) -> tuple[int, int, int]:
     return (config.images.y_size, config.images.x_size, 3)
 
 
-def build_model(config: ExperimentConfig, vocab_size: int, load_pretrained: bool = True) -> CaptionModel:
-    """Encoder and decoder from their config sections, built on a dummy batch."""
-    encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=load_pretrained)
+def build_model(config: ExperimentConfig, vocab_size: int, load_pretrained: bool = True,
+                fine_tuning: bool = False) -> CaptionModel:
+    """Encoder and decoder from their config sections, built on a dummy batch.
+
+    fine_tuning=True: the encoder of a fine-tuning phase (encoders.build_encoder).
+    """
+    encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=load_pretrained,
+                            fine_tuning=fine_tuning)
     decoder = build_decoder(config.decoder, vocab_size)
     model = CaptionModel(encoder, decoder, name="caption_model")
     model({"images": ops.zeros((1, *image_shape(config))), "captions": ops.zeros((1, 1, 2), dtype="int32")})
@@ -127,11 +132,12 @@ def masked_loss() -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
 
 
-def compile_model(model: CaptionModel, training: TrainingConfig) -> None:
+def compile_model(model: CaptionModel, training: TrainingConfig, learning_rate: float | None = None) -> None:
     """Adam with gradient clipping and the masked loss; XLA if ``training.jit_compile``.
+    learning_rate: ``training.learning_rate`` if None (a fine-tuning phase gives its own).
 
     Under mixed precision Keras wraps the optimizer in a LossScaleOptimizer here (the
     model's dtype policy was set when it was built, see precision.py).
     """
-    model.compile(optimizer=keras.optimizers.Adam(training.learning_rate, clipnorm=5.0), loss=masked_loss(),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate or training.learning_rate, clipnorm=5.0), loss=masked_loss(),
                   jit_compile=training.jit_compile)

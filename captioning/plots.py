@@ -14,19 +14,24 @@ from captioning.files import atomic_path  # noqa: E402
 
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> None:
     """Losses (loss, val_loss, ...) against the epoch number; beside them, when the history
-    has it, validation BLEU-4 per epoch."""
-    names = [key for key in history[0] if key != "epoch"] if history else []
+    has it, validation BLEU-4 per epoch; a dashed line where a fine-tuning phase starts (rows
+    carry their ``phase``)."""
+    names = [key for key in history[0] if key not in ("epoch", "phase")] if history else []
     bleu_names = [name for name in names if "bleu" in name]
     loss_names = [name for name in names if name not in bleu_names]
     figure, axes = plt.subplots(1, 2 if bleu_names else 1, figsize=(11 if bleu_names else 6, 4), dpi=100,
                                 squeeze=False)
     epochs = [row["epoch"] for row in history]
+    phase_starts = [row["epoch"] for previous, row in zip(history, history[1:])
+                    if row.get("phase", 1) != previous.get("phase", 1)]
     panels = [(axes[0][0], loss_names, "masked cross-entropy")]
     if bleu_names:
         panels.append((axes[0][1], bleu_names, "BLEU-4 (greedy, early-stopping images)"))
     for axis, panel_names, label in panels:
         for name in panel_names:
             axis.plot(epochs, [row.get(name) for row in history], marker="o", label=name)
+        for epoch in phase_starts:
+            axis.axvline(epoch - 0.5, color="gray", linestyle="--", label="fine-tuning starts")
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)

@@ -12,6 +12,16 @@ The model is built, compiled and fitted inside the ``training.strategy``'s scope
 features, all train together, and only the chief (worker 0) writes the run directory's
 checkpoint, weights and metrics; worker i > 0 keeps its own resumable checkpoint in
 checkpoint/worker-<i>/ and stops after training.
+
+With ``encoder.fine_tune_layers`` = N > 0 a run has two phases:
+
+    phase 1  training.epochs            decoder on the frozen backbone's cached features
+    phase 2  training.fine_tune_epochs  encoder + decoder on images, from phase 1's best
+                                        weights; the top N backbone layers unfrozen (batch
+                                        norm frozen), at training.fine_tune_learning_rate
+
+Each phase has its own checkpoint (``checkpoint/`` and ``checkpoint/fine_tune/``), early
+stopping and best weights, so an interrupted run resumes in the phase it was in.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import tensorflow as tf
 
 from captioning.augment import build_augmentation, check_augmentation
 from captioning.checkpoints import TrainingCheckpoint
-from captioning.config import ExperimentConfig, to_toml
+from captioning.config import ConfigError, ExperimentConfig, to_toml
 from captioning.distribution import Worker, build_strategy, current_worker
 from captioning.encoders import build_encoder, normalization_for
 from captioning.evaluate import evaluate_run
@@ -43,6 +53,28 @@ from captioning.validation import ValidationBleu
 from captioning.vocabulary import Vocabulary
 
 BEST_WEIGHTS_FILE = "best.weights.h5"  # inside checkpoint/: the training model's best epoch
+FINE_TUNE_DIR = "fine_tune"  # inside checkpoint/: phase 2's own checkpoint and best weights
+
+
+def check_fine_tuning(config: ExperimentConfig) -> None:
+    """Refuses fine-tuning settings that cannot run as asked, before phase 1 spends any time."""
+    encoder, training = config.encoder, config.training
+    if training.fine_tune_epochs < 0:
+        raise ConfigError(f"training.fine_tune_epochs={training.fine_tune_epochs} is negative")
+    if not encoder.fine_tune_layers:
+        return
+    # Negative N, conv_stack, encoder.trainable / fine_tune_last_block, N above the backbone's
+    # layer count: each is a ConfigError from the phase-2 encoder (built without its weights).
+    build_encoder(encoder, image_shape(config), load_pretrained=False, fine_tuning=True)
+    if encoder.weights in ("none", ""):
+        raise ConfigError("encoder.fine_tune_layers needs pretrained weights (encoder.weights is none): phase 1's cached "
+                          "features would come from one random backbone and phase 2 would build another; give "
+                          "encoder.weights=imagenet or a weights file")
+    if training.fine_tune_epochs == 0:
+        raise ConfigError(f"encoder.fine_tune_layers={encoder.fine_tune_layers} asks for a fine-tuning phase but "
+                          "training.fine_tune_epochs is 0; give it epochs, or set encoder.fine_tune_layers=0")
+    if training.fine_tune_learning_rate <= 0:
+        raise ConfigError(f"training.fine_tune_learning_rate={training.fine_tune_learning_rate} must be positive")
 
 
 def prepare_run_dir(config: ExperimentConfig, run_dir: Path) -> None:
@@ -135,12 +167,157 @@ def export_model(config: ExperimentConfig, trained_model, vocabulary: Vocabulary
         full_model.save_weights(temporary)
 
 
+@dataclasses.dataclass
+class TrainingData:
+    """What both phases train on; their datasets are built only when a phase has epochs left."""
+
+    config: ExperimentConfig
+    train_examples: list
+    stopping_examples: list
+    vocabulary: Vocabulary
+    reader: ImageReader
+    worker: Worker
+
+    def feature_datasets(self):
+        """(train, early stopping) batches of a frozen encoder's cached features, and the
+        early-stopping features (images, regions, channels)."""
+        config, datasets = self.config, []
+        encode = feature_encoder(config)
+        for label, examples, shuffle in [("train", self.train_examples, True),
+                                         ("early stopping", self.stopping_examples, False)]:
+            features = cached_features(config, [example.image_path for example in examples], label, encode,
+                                       self.worker)  # (images, regions, channels)
+            tokens = caption_array(examples, self.vocabulary, config.data.captions_per_image, config.decoder.max_length)
+            datasets.append(feature_dataset(features, tokens, config.training.batch_size, shuffle=shuffle,
+                                            seed=config.training.seed))
+        return datasets, features
+
+    def image_options(self) -> dict:
+        config = self.config
+        return dict(vocabulary=self.vocabulary, reader=self.reader, captions_per_image=config.data.captions_per_image,
+                    length=config.decoder.max_length, batch_size=config.training.batch_size, seed=config.training.seed)
+
+    def image_datasets(self):
+        """(train, early stopping) batches of images, for an encoder that trains; only the
+        training batches are augmented (images.augment)."""
+        options = self.image_options()
+        augmentation = build_augmentation(self.config, self.vocabulary)
+        return [training_dataset(self.train_examples, shuffle=True, augmentation=augmentation, **options),
+                training_dataset(self.stopping_examples, shuffle=False, **options)]
+
+    def gradient_logger(self, run_dir: Path) -> GradientNormLogger:
+        """training.log_gradient_norms: measured on the first training images, never augmented."""
+        config = self.config
+        with self.reader.reporting_errors():
+            batch = next(iter(training_dataset(self.train_examples[: config.training.batch_size], shuffle=False,
+                                               **self.image_options())))
+        return GradientNormLogger(batch, masked_loss(), config.training.gradient_norm_interval,
+                                  run_dir / GRADIENT_NORMS_FILE, run_dir / GRADIENT_NORMS_PLOT,
+                                  title=f"{config.name}: encoder gradient norms, input side first")
+
+
+def fit(model, data: TrainingData, datasets, checkpoint: TrainingCheckpoint, initial_epoch: int, epochs: int,
+        verbose, callbacks=()) -> None:
+    """callbacks run before the checkpoint: what they add to an epoch's logs is saved with it."""
+    train_dataset, stopping_dataset = datasets
+    with data.reader.reporting_errors():
+        model.fit(train_dataset, validation_data=stopping_dataset, epochs=epochs, initial_epoch=initial_epoch,
+                  callbacks=[*callbacks, checkpoint], verbose=verbose, shuffle=False)
+
+
+def epoch_callbacks(data: TrainingData, stopping_features, run_dir: Path, first_phase: bool) -> list:
+    """Validation BLEU-4 per epoch and, in the first epoch of an encoder that trains from the
+    start, its gradient norms."""
+    config, callbacks = data.config, []
+    if config.training.log_gradient_norms and first_phase:
+        callbacks.append(data.gradient_logger(run_dir))
+    if config.training.validation_bleu_images > 0:
+        callbacks.append(validation_bleu(config, data.stopping_examples, stopping_features, data.reader,
+                                         data.vocabulary))
+    return callbacks
+
+
+def train_phase_one(data: TrainingData, checkpoint: TrainingCheckpoint, strategy, run_dir: Path, verbose):
+    """The decoder on cached features of a frozen encoder, or the whole model on images,
+    for training.epochs. Returns the model holding the phase's best weights. A finished
+    phase (a resumed run) only loads them: no features, no fitting."""
+    config = data.config
+    frozen = encoder_is_frozen(config.encoder)
+    with strategy.scope(), precision_policy(config.training):
+        if frozen:
+            encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=False)
+            feature_shape = encoder.compute_output_shape((None, *image_shape(config)))[1:]  # (regions, channels)
+            model = build_feature_model(config, data.vocabulary.size, feature_shape)
+        else:
+            model = build_model(config, data.vocabulary.size)
+        compile_model(model, config.training)
+        initial_epoch = checkpoint.restore(model)
+        if initial_epoch:
+            print(f"resuming phase 1 after epoch {initial_epoch}")
+        if initial_epoch < config.training.epochs and not checkpoint.finished:
+            if frozen:
+                datasets, stopping_features = data.feature_datasets()
+            else:
+                datasets, stopping_features = data.image_datasets(), None
+            callbacks = epoch_callbacks(data, stopping_features, run_dir, first_phase=initial_epoch == 0)
+            fit(model, data, datasets, checkpoint, initial_epoch, config.training.epochs, verbose, callbacks)
+        model.load_weights(checkpoint.best_weights_path)
+    return model
+
+
+def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one_model,
+                    checkpoint: TrainingCheckpoint, strategy, run_dir: Path, verbose):
+    """Encoder + decoder end to end on images, the top encoder.fine_tune_layers backbone
+    layers unfrozen, starting from phase 1's best decoder (or phase 2's own checkpoint).
+    Returns the full model holding the best weights of the two phases (see start_from)."""
+    config = data.config
+    with strategy.scope(), precision_policy(config.training):
+        model = build_model(config, data.vocabulary.size, fine_tuning=True)
+        compile_model(model, config.training, learning_rate=config.training.fine_tune_learning_rate)
+        datasets = None
+        if checkpoint.has_checkpoint:
+            initial_epoch = checkpoint.restore(model)
+            print(f"resuming phase 2 (fine-tuning) after epoch {initial_epoch}")
+        else:
+            model.decoder.set_weights(phase_one_model.decoder.get_weights())
+            datasets = data.image_datasets()
+            with data.reader.reporting_errors():
+                starting_loss = float(model.evaluate(datasets[1], verbose=0))  # phase 1's best, on images this time
+            initial_epoch = phase_one.state["epochs_done"]
+            checkpoint.start_from(model, starting_loss, first_epoch=initial_epoch,
+                                  best_epoch=phase_one.state["best_epoch"])
+            trainable = int(sum(np.prod(weight.shape) for weight in model.encoder.trainable_weights))
+            print(f"phase 2: fine-tuning the top {config.encoder.fine_tune_layers} layers of {config.encoder.name} "
+                  f"({trainable} parameters) with the decoder, learning rate "
+                  f"{config.training.fine_tune_learning_rate}; early-stopping loss {starting_loss:.4f} after phase 1")
+        last_epoch = checkpoint.state["first_epoch"] + config.training.fine_tune_epochs
+        if initial_epoch < last_epoch and not checkpoint.finished:
+            callbacks = epoch_callbacks(data, None, run_dir, first_phase=False)
+            fit(model, data, datasets or data.image_datasets(), checkpoint, initial_epoch, last_epoch, verbose,
+                callbacks)
+        model.load_weights(checkpoint.best_weights_path)
+    return model
+
+
+def phase_summary(checkpoint: TrainingCheckpoint, learning_rate: float) -> dict:
+    """metrics.json's record of one phase: its epochs, time and best epoch."""
+    state = checkpoint.state
+    summary = {"phase": state["phase"], "epochs": checkpoint.phase_epochs, "first_epoch": state["first_epoch"] + 1,
+               "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
+               "training_seconds": round(state["training_seconds"], 1), "learning_rate": learning_rate,
+               "stopped_early": state["stopped_early"]}
+    if "starting_val_loss" in state:
+        summary["starting_val_loss"] = state["starting_val_loss"]
+    return summary
+
+
 def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "auto") -> dict:
     """Trains (or resumes) the run in ``run_dir`` and returns its metrics on the evaluation split."""
     run_dir = Path(run_dir)
     check_splits(config)
     check_augmentation(config)
     check_gradient_logging(config)
+    check_fine_tuning(config)
     strategy = build_strategy(config.training)  # first: "multi_worker" must exist before any TensorFlow op
     worker = current_worker(config.training)
     prepare_run_dir(config, run_dir)
@@ -153,74 +330,37 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     print(f"run {run_dir}: {len(train_examples)} training images, {len(stopping_examples)} for early stopping, "
           f"vocabulary of {vocabulary.size} tokens, {strategy.num_replicas_in_sync} replica(s)"
           + (f", worker {worker.index} of {worker.count}" if worker.count > 1 else ""))
-
-    reader = ImageReader(config.images, normalization_for(config.encoder))
-    captions_per_image, length = config.data.captions_per_image, config.decoder.max_length
-    batch_size, seed = config.training.batch_size, config.training.seed
-    callbacks = []  # before the checkpoint: what they write for an epoch exists once it counts as done
-    if encoder_is_frozen(config.encoder):
-        datasets = []
-        encode = feature_encoder(config)
-        for label, examples, shuffle in [("train", train_examples, True), ("early stopping", stopping_examples, False)]:
-            features = cached_features(config, [example.image_path for example in examples], label, encode,
-                                       worker)  # (images, regions, channels)
-            tokens = caption_array(examples, vocabulary, captions_per_image, length)
-            datasets.append(feature_dataset(features, tokens, batch_size, shuffle=shuffle, seed=seed))
-        train_dataset, stopping_dataset = datasets
-        stopping_features = features
-        feature_shape = features.shape[1:]  # (regions, channels)
-
-        def build_training_model():
-            return build_feature_model(config, vocabulary.size, feature_shape)
-    else:
-        options = dict(vocabulary=vocabulary, reader=reader, captions_per_image=captions_per_image, length=length,
-                       batch_size=batch_size, seed=seed)
-        train_dataset = training_dataset(train_examples, shuffle=True, augmentation=build_augmentation(config, vocabulary),
-                                         **options)
-        stopping_dataset = training_dataset(stopping_examples, shuffle=False, **options)
-        stopping_features = None
-        if config.training.log_gradient_norms:
-            with reader.reporting_errors():  # measured on the first training images, never augmented
-                batch = next(iter(training_dataset(train_examples[:batch_size], shuffle=False, **options)))
-            callbacks.append(GradientNormLogger(batch, masked_loss(), config.training.gradient_norm_interval,
-                                                run_dir / GRADIENT_NORMS_FILE, run_dir / GRADIENT_NORMS_PLOT,
-                                                title=f"{config.name}: encoder gradient norms, input side first"))
-
-        def build_training_model():
-            return build_model(config, vocabulary.size)
+    data = TrainingData(config, train_examples, stopping_examples, vocabulary,
+                        ImageReader(config.images, normalization_for(config.encoder)), worker)
 
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     history_path = run_dir / HISTORY_FILE
     if not worker.is_chief:  # its own copy: resumable on a machine that does not share run_dir
         checkpoint_dir = checkpoint_dir / f"worker-{worker.index}"
         history_path = checkpoint_dir / HISTORY_FILE
-    checkpoint = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, history_path,
-                                    patience=config.training.patience)
-    if config.training.validation_bleu_images > 0:  # adds val_bleu_4 to the logs the checkpoint writes
-        callbacks.append(validation_bleu(config, stopping_examples, stopping_features, reader, vocabulary))
-    with strategy.scope(), precision_policy(config.training):
-        model = build_training_model()
-        compile_model(model, config.training)
-        initial_epoch = checkpoint.restore(model)
-        if initial_epoch:
-            print(f"resuming {run_dir} after epoch {initial_epoch}")
-        if initial_epoch < config.training.epochs and not checkpoint.finished:
-            with reader.reporting_errors():
-                model.fit(train_dataset, validation_data=stopping_dataset, epochs=config.training.epochs,
-                          initial_epoch=initial_epoch, callbacks=[*callbacks, checkpoint], verbose=verbose,
-                          shuffle=False)
-        model.load_weights(checkpoint_dir / BEST_WEIGHTS_FILE)
+    patience = config.training.patience
+    phase_one = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, history_path, patience)
+    model = train_phase_one(data, phase_one, strategy, run_dir, verbose)
+    phases = [(phase_one, config.training.learning_rate)]
+    if config.encoder.fine_tune_layers:
+        phase_two = TrainingCheckpoint(checkpoint_dir / FINE_TUNE_DIR, checkpoint_dir / FINE_TUNE_DIR / BEST_WEIGHTS_FILE,
+                                       history_path, patience, phase=2, earlier_history=phase_one.state["history"])
+        model = train_phase_two(data, phase_one, model, phase_two, strategy, run_dir, verbose)
+        phases.append((phase_two, config.training.fine_tune_learning_rate))
     if not worker.is_chief:
         print(f"worker {worker.index}: training finished; the chief (worker 0) writes the weights and metrics")
         return {}
     export_model(config, model, vocabulary, run_dir / WEIGHTS_FILE)
-    plot_training_curves(checkpoint.state["history"], run_dir / "training_curves.png", title=config.name)
+    history = [row for checkpoint, _ in phases for row in checkpoint.state["history"]]
+    plot_training_curves(history, run_dir / "training_curves.png", title=config.name)
+    return evaluate_run(run_dir, training_facts(phases, model))
 
-    return evaluate_run(run_dir, training_facts(checkpoint.state, model))
 
-
-def training_facts(checkpoint_state: dict, model) -> dict:
-    """What metrics.json records about the training beside the scores."""
-    return {"epochs": checkpoint_state["epochs_done"], "best_epoch": checkpoint_state["best_epoch"],
-            "training_seconds": round(checkpoint_state["training_seconds"], 1),
-            "trainable_parameters": int(sum(np.prod(weight.shape) for weight in model.trainable_weights))}
+def training_facts(phases: list, model) -> dict:
+    """What metrics.json records about the training beside the scores: whole-run totals and,
+    per phase, its epochs, time and best epoch. phases: (TrainingCheckpoint, learning rate) pairs."""
+    last = phases[-1][0].state
+    return {"epochs": last["epochs_done"], "best_epoch": last["best_epoch"],
+            "training_seconds": round(sum(checkpoint.state["training_seconds"] for checkpoint, _ in phases), 1),
+            "trainable_parameters": int(sum(np.prod(weight.shape) for weight in model.trainable_weights)),
+            "phases": [phase_summary(checkpoint, learning_rate) for checkpoint, learning_rate in phases]}

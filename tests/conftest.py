@@ -56,6 +56,16 @@ def trained_run(tiny_data_root):
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def trained_attention_run(tiny_data_root):
+    """A finished tiny run of the attention decoder (one epoch, evaluated)."""
+    from captioning.train import train
+
+    run_dir = tiny_data_root / "runs" / "tiny_attention"
+    train(tiny_config(tiny_data_root, "decoder.name=attention", "training.epochs=1"), run_dir, verbose=0)
+    return run_dir
+
+
 def random_decoder_inputs(vocab_size, batch=3, regions=4, channels=5, length=7, seed=0):
     """features (batch, regions, channels) float32 and token_ids (batch, length) int32 in 1..vocab_size - 1."""
     rng = np.random.default_rng(seed)

@@ -3,6 +3,7 @@ generation (greedy and beam) through the shared search code, and the attention p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -251,11 +252,9 @@ def test_rnn_decoder_has_no_attention_to_show(tmp_path):
         captioner.attention_maps("unused.png")
 
 
-def test_tiny_attention_run_trains_and_draws_its_attention(tiny_data_root, tmp_path, capsys):
-    from captioning.train import train
-
-    run_dir = tiny_data_root / "runs" / "tiny_attention"
-    metrics = train(tiny_config(tiny_data_root, "decoder.name=attention", "training.epochs=1"), run_dir, verbose=0)
+def test_tiny_attention_run_trains_and_draws_its_attention(trained_attention_run, tmp_path, capsys):
+    run_dir = trained_attention_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and 0 <= metrics["bleu_4"] <= 1
 
     image_path = tmp_path / "photo.png"
