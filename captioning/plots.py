@@ -113,8 +113,13 @@ def plot_gradient_norms(rows: list[dict], path: str | Path, title: str = "") -> 
     axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole numbers
     axis.set_ylabel("gradient norm (kernel and bias)")
     axis.set_title(title or "encoder gradient norms, input side first")
+    finish_log_plot(figure, axis, path, legend=bool(rows))
+
+
+def finish_log_plot(figure, axis, path: str | Path, legend: bool) -> None:
+    """Grid on both log decades, a legend when there are lines, saved atomically as PNG."""
     axis.grid(alpha=0.3, which="both")
-    if rows:
+    if legend:
         axis.legend(fontsize="small")
     figure.tight_layout()
     with atomic_path(path) as temporary:
@@ -138,10 +143,4 @@ def plot_layer_gradient_norms(layers: dict[str, list[tuple[str, float]]], path: 
     axis.set_xlabel("encoder convolution (input side first)")
     axis.set_ylabel("mean gradient norm, first epoch")
     axis.set_title(title or "how much gradient reaches each encoder layer")
-    axis.grid(alpha=0.3, which="both")
-    if layers:
-        axis.legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    finish_log_plot(figure, axis, path, legend=bool(layers))

@@ -72,3 +72,16 @@ def random_decoder_inputs(vocab_size, batch=3, regions=4, channels=5, length=7, 
     features = rng.normal(size=(batch, regions, channels)).astype("float32")
     token_ids = rng.integers(1, vocab_size, size=(batch, length)).astype("int32")
     return features, token_ids
+
+
+def interrupt_after(epoch_number):
+    """A TrainingCheckpoint.on_epoch_end that saves the epoch, then stops the run (Ctrl-C)."""
+    from captioning.checkpoints import TrainingCheckpoint
+
+    original = TrainingCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch + 1 == epoch_number:
+            raise KeyboardInterrupt("simulated interruption")
+    return on_epoch_end

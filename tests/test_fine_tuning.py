@@ -21,7 +21,7 @@ from captioning.config import ConfigError, EncoderConfig, ImagesConfig
 from captioning.encoders import BACKBONES, build_encoder, fine_tunable_layers
 from captioning.features import cache_key
 from captioning.train import TrainingData, train
-from conftest import tiny_config
+from conftest import interrupt_after, tiny_config
 
 IMAGE_SHAPE = (32, 32, 3)
 TOP_LAYERS = 2  # MobileNet's conv_dw_13 and conv_pw_13: the last depthwise-separable block
@@ -65,17 +65,6 @@ def fine_tune_config(root, weights_path, *extra):
 def read_history(run_dir):
     with open(run_dir / "history.csv") as handle:
         return [(int(row["phase"]), int(row["epoch"])) for row in csv.DictReader(handle)]
-
-
-def interrupt_after(epoch_number):
-    """A TrainingCheckpoint.on_epoch_end that saves the epoch, then stops the run (Ctrl-C)."""
-    original = TrainingCheckpoint.on_epoch_end
-
-    def on_epoch_end(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch + 1 == epoch_number:
-            raise KeyboardInterrupt("simulated interruption")
-    return on_epoch_end
 
 
 def layer_weights(network):

@@ -20,7 +20,7 @@ from captioning.precision import precision_policy
 from captioning.search import build_sampler, generate_token_ids
 from captioning.train import train
 from captioning.vocabulary import Vocabulary
-from conftest import tiny_config
+from conftest import interrupt_after, tiny_config
 
 # XLA runs the same float32 arithmetic, fused: measured 6e-7 (rnn) and 2e-7 (attention)
 # relative difference over five steps.
@@ -125,13 +125,7 @@ def test_a_mixed_precision_run_resumes_and_captions(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, "training.mixed_precision=true", "data.shapes_train_size=16")
     run_dir = tmp_path / "run"
     original_on_epoch_end = TrainingCheckpoint.on_epoch_end
-
-    def crash_after_first_epoch(self, epoch, logs=None):
-        original_on_epoch_end(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt("simulated interruption")
-
-    monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", crash_after_first_epoch)
+    monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", interrupt_after(1))
     with pytest.raises(KeyboardInterrupt):
         train(config, run_dir, verbose=0)
     monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", original_on_epoch_end)

@@ -14,7 +14,7 @@ from captioning.config import to_dict, to_toml
 from captioning.datasets import load_split
 from captioning.runs import RunError, load_run_config
 from captioning.train import train
-from conftest import tiny_config
+from conftest import interrupt_after, tiny_config
 
 METRIC_KEYS = {"split", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images"}
 
@@ -74,13 +74,7 @@ def test_interrupted_run_resumes_after_its_last_checkpoint(tmp_path, monkeypatch
     config = tiny_config(tmp_path, "training.epochs=3", "data.shapes_train_size=16")
     run_dir = tmp_path / "run"
     original_on_epoch_end = TrainingCheckpoint.on_epoch_end
-
-    def crash_after_first_epoch(self, epoch, logs=None):
-        original_on_epoch_end(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt("simulated interruption")
-
-    monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", crash_after_first_epoch)
+    monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", interrupt_after(1))
     with pytest.raises(KeyboardInterrupt):
         train(config, run_dir, verbose=0)
     assert [row["epoch"] for row in read_history(run_dir)] == ["1"]
