@@ -157,7 +157,8 @@ class DecoderConfig:
     # "rnn" only: the attention decoder starts from the mean region and looks at each
     # region's position through attention.
     image_pooling: str = "mean"
-    # "rnn" only: layer-normalize the pooled image vector before it is projected. Pretrained
+    # Layer-normalize the pooled image vector before it is projected ("rnn"), or every
+    # region's vector ("attention", before attention and the initial state). Pretrained
     # features (e.g. MobileNet's ReLU6 outputs averaged over the grid) have channels of very
     # different scales; normalized, the projection trains faster. On Flickr8k with frozen
     # MobileNet it lifted dev BLEU-4 by about 2 points (README). Off by default: the shapes

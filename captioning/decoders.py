@@ -179,6 +179,8 @@ class AttentionDecoder(keras.Model):
         h, state = cell([embedding(word), context], state)
         logits = Dense(dropout([h, context, embedding(word)]))
     The initial state is tanh(Dense(mean_i f_i)); W_f f is computed once per sequence.
+    image_norm: layer-normalize every region's vector f_i first (as RNNDecoder does with
+    the pooled vector): pretrained features' channels differ widely in scale.
 
     attention_regularization (lambda): in training, adds the doubly stochastic penalty
     lambda * mean over captions of sum_i (1 - sum_t alpha_ti)^2, over the steps that
@@ -186,7 +188,7 @@ class AttentionDecoder(keras.Model):
     """
 
     def __init__(self, vocab_size, embedding_dim=256, units=512, cell="lstm", dropout=0.3, attention_units=256,
-                 attention_gate=True, attention_regularization=1.0, **kwargs):
+                 attention_gate=True, attention_regularization=1.0, image_norm=False, **kwargs):
         super().__init__(**kwargs)
         if cell not in CELLS:
             raise ConfigError(f"unknown decoder cell '{cell}' (decoder.cell); valid: {', '.join(CELLS)}")
@@ -200,7 +202,9 @@ class AttentionDecoder(keras.Model):
         self.attention_units = attention_units
         self.attention_gate = attention_gate
         self.attention_regularization = attention_regularization
+        self.image_norm = image_norm
         self.state_count = STATES_PER_CELL[cell]
+        self.region_normalization = layers.LayerNormalization(name="region_normalization") if image_norm else None
         self.image_projection = layers.Dense(units * self.state_count, activation="tanh", name="image_projection")
         self.embedding = layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.feature_projection = layers.Dense(attention_units, name="feature_projection")  # W_f (and the bias)
@@ -216,6 +220,8 @@ class AttentionDecoder(keras.Model):
     def build(self, input_shape):
         features_shape, token_shape = input_shape
         channels = features_shape[-1]
+        if self.region_normalization is not None:
+            self.region_normalization.build((None, None, channels))
         self.image_projection.build((None, channels))
         self.embedding.build(token_shape)
         self.feature_projection.build((None, None, channels))
@@ -229,12 +235,14 @@ class AttentionDecoder(keras.Model):
     def initial_state(self, features, training=None) -> dict:
         """features: (batch, regions, channels) -> the state before the first word.
 
-        {"features", "projected_features": (batch, regions, attention_units),
+        {"features" (layer-normalized when image_norm), "projected_features": (batch, regions, attention_units),
          "state": tuple of (batch, units), "context": (batch, channels),
          "attention": (batch, regions) float32, the weights of the last step (zeros before any)}.
         """
         if not self.built:  # generation before any teacher-forced call
             self.build((tuple(features.shape), (None, None)))
+        if self.region_normalization is not None:
+            features = self.region_normalization(features)  # each region's vector to zero mean, unit variance
         pooled = ops.mean(features, axis=1)  # (batch, channels)
         projected = self.image_projection(pooled)  # (batch, units * states)
         state = tuple(ops.split(projected, self.state_count, axis=-1)) if self.state_count > 1 else (projected,)
@@ -280,7 +288,7 @@ class AttentionDecoder(keras.Model):
         embedded = self.dropout(self.embedding(token_ids), training=training)  # (batch, length, embedding_dim)
 
         def recur(carry, embedded_t):
-            step = self.advance(embedded_t, features, start["projected_features"], carry["state"])
+            step = self.advance(embedded_t, start["features"], start["projected_features"], carry["state"])
             return step, step  # keras' scan stacks outputs shaped like the carry
 
         carry = {key: start[key] for key in ("state", "context", "attention")}
@@ -347,6 +355,7 @@ class AttentionDecoder(keras.Model):
             "attention_units": self.attention_units,
             "attention_gate": self.attention_gate,
             "attention_regularization": self.attention_regularization,
+            "image_norm": self.image_norm,
         }
 
 
@@ -362,7 +371,7 @@ def _build_attention_decoder(config: DecoderConfig, vocab_size: int) -> Attentio
     return AttentionDecoder(
         vocab_size=vocab_size, embedding_dim=config.embedding_dim, units=config.units, cell=config.cell,
         dropout=config.dropout, attention_units=config.attention_units, attention_gate=config.attention_gate,
-        attention_regularization=config.attention_regularization, name="decoder",
+        attention_regularization=config.attention_regularization, image_norm=config.image_norm, name="decoder",
     )
 
 

@@ -146,8 +146,10 @@ def test_vgg16_imagenet_offline_says_how_to_give_a_local_file(monkeypatch):
 VOCAB_SIZE = 11
 
 
-# "rnn+image": the rnn decoder with the image normalized and fed beside every word
-DECODER_VARIANTS = {**{name: {} for name in DECODERS}, "rnn+image": {"image_norm": True, "image_every_step": True}}
+# "rnn+image": the rnn decoder with the image normalized and fed beside every word;
+# "attention+image": the attention decoder with every region normalized
+DECODER_VARIANTS = {**{name: {} for name in DECODERS}, "rnn+image": {"image_norm": True, "image_every_step": True},
+                    "attention+image": {"image_norm": True}}
 
 
 def make_decoder(cell, pooling="mean", dropout=0.0, name="rnn"):
@@ -189,6 +191,17 @@ def test_image_every_step_makes_every_position_depend_on_the_image():
     other_image = decoder.rnn(decoder.rnn_inputs(embedded, other_image_input), initial_state=state)[0]
     assert np.all(np.abs(np.asarray(same_start) - np.asarray(other_image)).max(axis=-1) > 1e-6)
     assert make_decoder("lstm").encode_image(features)[1] is None  # off by default
+
+
+def test_attention_image_norm_ignores_each_regions_scale_and_offset():
+    """Normalized regions: scaling and shifting every region's vector leaves the logits
+    unchanged; without image_norm the same change moves them."""
+    features, token_ids = decoder_inputs()
+    rescaled = features * np.linspace(1.0, 4.0, features.shape[1])[None, :, None] + 3.0  # per-region scale, offset
+    normalized = make_decoder("lstm", name="attention+image")
+    np.testing.assert_allclose(normalized((rescaled, token_ids)), normalized((features, token_ids)), atol=2e-3)  # LayerNorm epsilon
+    plain = make_decoder("lstm", name="attention")
+    assert np.abs(np.asarray(plain((rescaled, token_ids))) - np.asarray(plain((features, token_ids)))).max() > 2e-2
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
