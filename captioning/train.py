@@ -102,10 +102,19 @@ def feature_encoder(config: ExperimentConfig, encoder=None):
     """The frozen encoder as a compiled function: images (batch, y, x, 3) -> (batch, regions, channels) float32.
 
     Compiled (tf.function) so each batch runs as one graph, as ``predict`` would; the last,
-    smaller batch of a split traces it once more. encoder: built from config.encoder if None.
+    smaller batch of a split traces it once more. encoder: built from config.encoder if None,
+    on the first batch, so a run whose features are all cached never builds the backbone
+    (nor reads its weights file).
     """
-    encoder = encoder or build_encoder(config.encoder, image_shape(config))
-    return tf.function(lambda images: encoder(images, training=False), reduce_retracing=True)
+    compiled = []  # the compiled encoder, once built
+
+    def encode(images):
+        if not compiled:
+            built = encoder or build_encoder(config.encoder, image_shape(config))
+            compiled.append(tf.function(lambda batch: built(batch, training=False), reduce_retracing=True))
+        return compiled[0](images)
+
+    return encode
 
 
 def cached_features(config: ExperimentConfig, paths: list[str], label: str, encode=None,

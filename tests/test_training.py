@@ -130,3 +130,21 @@ def test_an_old_run_with_an_unreadable_config_does_not_block_a_new_run(tmp_path,
     matching.mkdir()
     (matching / "config.toml").write_text(to_toml(config))
     assert unfinished_run_with_config(config, tmp_path / "runs") == matching
+
+
+def test_a_complete_feature_cache_never_builds_the_frozen_encoder(tmp_path, monkeypatch):
+    """The second read of the same images' features is a cache read: the backbone is not
+    built, so its weights file is not even needed."""
+    import captioning.train as train_module
+
+    config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
+                         f"images.feature_cache_dir={tmp_path / 'features'}")
+    paths = [example.image_path for example in load_split(config.data, "train")[:4]]
+    builds = []
+    real_build = train_module.build_encoder
+    monkeypatch.setattr(train_module, "build_encoder", lambda *args: builds.append(args) or real_build(*args))
+    first = np.asarray(train_module.cached_features(config, paths, "train"))
+    assert len(builds) == 1
+    second = np.asarray(train_module.cached_features(config, paths, "train"))
+    assert len(builds) == 1
+    np.testing.assert_array_equal(first, second)
