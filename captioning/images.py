@@ -27,6 +27,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -343,6 +344,9 @@ _TABLE_COLUMNS = (
     "cache_file",
     "array_sha256",
     "created_at",
+    "file_size",
+    "file_mtime_ns",
+    "stat_recorded_ns",
 )
 
 _CREATE_TABLE = """
@@ -355,10 +359,22 @@ CREATE TABLE IF NOT EXISTS entries (
     normalization  TEXT NOT NULL,
     format_version INTEGER NOT NULL,
     cache_file     TEXT NOT NULL,     -- .npy path relative to the cache directory
-    array_sha256   TEXT NOT NULL,     -- sha256 of the array bytes, checked on every read
-    created_at     TEXT NOT NULL      -- UTC, ISO 8601
+    array_sha256   TEXT NOT NULL,     -- sha256 of the array bytes (see _read_entry for when it is checked)
+    created_at     TEXT NOT NULL,     -- UTC, ISO 8601
+    file_size      INTEGER,           -- the .npy file's size and mtime when its checksum last matched,
+    file_mtime_ns  INTEGER,           --   and when that was (time.time_ns()); NULL in tables
+    stat_recorded_ns INTEGER          --   written before these columns existed
 )
 """
+
+# Columns added after the first release, with their types: an older table gains them.
+_ADDED_COLUMNS = {"file_size": "INTEGER", "file_mtime_ns": "INTEGER", "stat_recorded_ns": "INTEGER"}
+
+# A cache file whose size and mtime are those recorded with its last matching checksum is
+# read without hashing it again, but only when the record was taken this many nanoseconds
+# after the mtime: a file changed within the same filesystem timestamp tick as it was
+# written (ticks are milliseconds on Linux, 2 s on FAT) could otherwise keep its mtime.
+_SETTLED_NS = 2_000_000_000
 
 # Seconds a process waits for another process's write lock on index.sqlite.
 _SQLITE_TIMEOUT_SECONDS = 60.0
@@ -376,7 +392,9 @@ class ImageCache:
     stale, and identical files at two paths share one entry. The table
     ``cache_dir/index.sqlite`` has one row per entry (see ``entries()``), including a
     sha256 of the array; a missing, truncated or altered ``.npy`` file, or one with the
-    wrong shape or dtype, is logged, discarded and rebuilt from the image.
+    wrong shape or dtype, is logged, discarded and rebuilt from the image. The checksum is
+    skipped on a read while the file keeps the size and mtime it had when the checksum
+    last matched (``_read_entry``): a hit is then a stat, a table lookup and a file read.
 
     ``load`` may be called from several threads at once (tf.data does); several
     processes may share one cache directory (files are replaced atomically and SQLite
@@ -404,6 +422,13 @@ class ImageCache:
         )
         with self._lock:
             self._connection.execute(_CREATE_TABLE)
+            present = {row[1] for row in self._connection.execute("PRAGMA table_info(entries)")}
+            for column, column_type in _ADDED_COLUMNS.items():
+                if column not in present:
+                    try:
+                        self._connection.execute(f"ALTER TABLE entries ADD COLUMN {column} {column_type}")
+                    except sqlite3.OperationalError:  # another process added it meanwhile
+                        pass
 
     # -- public ---------------------------------------------------------------------
 
@@ -485,10 +510,17 @@ class ImageCache:
         return None if row is None else dict(zip(_TABLE_COLUMNS, row))
 
     def _read_entry(self, row: dict, path: str | os.PathLike) -> np.ndarray | None:
-        """The cached array if its file is intact, else None (after logging why)."""
+        """The cached array if its file is intact, else None (after logging why).
+
+        The array's sha256 is checked unless the file's size and mtime are the ones
+        recorded when it last matched (and that record is settled, see _SETTLED_NS):
+        hashing 600 KB (224 x 224 float32) costs about three times the read itself. A
+        file altered in place gets a new mtime, so it is checked and rebuilt.
+        """
         cache_file = self.cache_dir / row["cache_file"]
         expected_shape = (row["y_size"], row["x_size"], 3)
         try:
+            status = cache_file.stat()
             pixels = np.load(cache_file, allow_pickle=False)
         except FileNotFoundError:
             problem = "cache file is missing"
@@ -499,9 +531,13 @@ class ImageCache:
                 problem = f"cache file holds dtype {getattr(pixels, 'dtype', None)}, not float32"
             elif pixels.shape != expected_shape:
                 problem = f"cache file holds shape {pixels.shape}, not {expected_shape}"
+            elif _is_settled(row, status):
+                return pixels
             elif _array_sha256(pixels) != row["array_sha256"]:
                 problem = "cache file checksum does not match the table"
             else:
+                if time.time_ns() - status.st_mtime_ns >= _SETTLED_NS:  # else the record would not be settled
+                    self._record_stat(row["cache_key"], status)
                 return pixels
         logger.warning(
             "Rebuilding damaged image cache entry %s for %s: %s",
@@ -510,6 +546,17 @@ class ImageCache:
             problem,
         )
         return None
+
+    def _record_stat(self, cache_key: str, status: os.stat_result) -> None:
+        """Remembers the size and mtime of a cache file whose checksum has just matched."""
+        try:
+            with self._lock:
+                self._connection.execute(
+                    "UPDATE entries SET file_size = ?, file_mtime_ns = ?, stat_recorded_ns = ? WHERE cache_key = ?",
+                    (status.st_size, status.st_mtime_ns, time.time_ns(), cache_key),
+                )
+        except sqlite3.OperationalError as error:  # locked too long: the next read checks again
+            logger.warning("Could not record image cache file status %s: %s", cache_key, error)
 
     def _discard_row(self, row: dict) -> None:
         """Forgets a damaged entry (only if no other thread has rebuilt it meanwhile).
@@ -546,6 +593,7 @@ class ImageCache:
         try:
             cache_file.parent.mkdir(exist_ok=True)
             _write_npy_atomically(cache_file, pixels)
+            status = cache_file.stat()
         except OSError as error:
             logger.warning("Could not write image cache file %s: %s", cache_file, error)
             return
@@ -561,6 +609,9 @@ class ImageCache:
             relative_file.as_posix(),
             _array_sha256(pixels),
             created_at,
+            status.st_size,
+            status.st_mtime_ns,
+            time.time_ns(),
         )
         try:
             with self._lock:
@@ -571,6 +622,12 @@ class ImageCache:
                 )
         except sqlite3.OperationalError as error:  # e.g. locked by another process too long
             logger.warning("Could not record image cache entry %s: %s", cache_file, error)
+
+
+def _is_settled(row: dict, status: os.stat_result) -> bool:
+    """Whether the file is as it was when its checksum last matched (see _SETTLED_NS)."""
+    return (row["file_size"] == status.st_size and row["file_mtime_ns"] == status.st_mtime_ns
+            and row["stat_recorded_ns"] is not None and row["stat_recorded_ns"] - status.st_mtime_ns >= _SETTLED_NS)
 
 
 def _write_npy_atomically(destination: Path, array: np.ndarray) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
+import os
 import shutil
 import struct
 import zlib
@@ -485,3 +486,67 @@ def test_parallel_loads_from_threads(tmp_path, cache):
     assert cache.misses >= len(paths)
     assert len(cache.entries()) == len(paths)
     assert list(cache.cache_dir.rglob("*.tmp")) == []
+
+
+def count_array_checksums(monkeypatch) -> list:
+    import captioning.images as images_module
+
+    calls, real_checksum = [], images_module._array_sha256
+    monkeypatch.setattr(images_module, "_array_sha256", lambda array: calls.append(1) or real_checksum(array))
+    return calls
+
+
+def age_file(file: Path, seconds: float) -> None:
+    status = file.stat()
+    os.utime(file, ns=(status.st_atime_ns, status.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_a_settled_entry_is_read_without_hashing_it_again(tmp_path, cache, monkeypatch):
+    """A hit hashes the array until its file has kept its size and mtime for a while after
+    a matching checksum; from then on a hit is a stat and a read."""
+    path = save_noise_png(tmp_path / "image.png")
+    expected = cache.load(path, 16, 12, "unit")
+    checksums = count_array_checksums(monkeypatch)
+    cache.load(path, 16, 12, "unit")
+    assert len(checksums) == 1  # just written: the mtime may not have ticked yet, so it is checked
+    [entry] = cache.entries()
+    age_file(cache_file_of(cache, entry), 10)  # as if written 10 s ago
+    cache.load(path, 16, 12, "unit")
+    assert len(checksums) == 2  # the mtime changed: checked, and now recorded as settled
+    for _ in range(3):
+        np.testing.assert_array_equal(cache.load(path, 16, 12, "unit"), expected)
+    assert len(checksums) == 2 and cache.hits == 5
+
+
+def test_a_settled_entry_altered_later_is_still_rebuilt(tmp_path, cache, caplog):
+    path = save_noise_png(tmp_path / "image.png")
+    expected = cache.load(path, 16, 12, "unit")
+    [entry] = cache.entries()
+    age_file(cache_file_of(cache, entry), 10)
+    cache.load(path, 16, 12, "unit")  # recorded as settled
+    flip_last_byte(cache_file_of(cache, entry))  # a new mtime
+    with caplog.at_level(logging.WARNING, logger="captioning.images"):
+        np.testing.assert_array_equal(cache.load(path, 16, 12, "unit"), expected)
+    assert cache.misses == 2
+    assert any("checksum does not match" in record.getMessage() for record in caplog.records)
+
+
+def test_a_table_from_before_the_file_status_columns_gains_them(tmp_path):
+    """A cache written by an older version keeps working: its table gets the new columns
+    and its entries are checked by checksum until their status is recorded."""
+    import sqlite3
+
+    cache_dir = tmp_path / "old-cache"
+    cache_dir.mkdir()
+    with sqlite3.connect(cache_dir / "index.sqlite") as connection:
+        connection.execute(
+            "CREATE TABLE entries (cache_key TEXT PRIMARY KEY, source_path TEXT NOT NULL, content_sha256 TEXT NOT NULL, "
+            "x_size INTEGER NOT NULL, y_size INTEGER NOT NULL, normalization TEXT NOT NULL, format_version INTEGER "
+            "NOT NULL, cache_file TEXT NOT NULL, array_sha256 TEXT NOT NULL, created_at TEXT NOT NULL)")
+    path = save_noise_png(tmp_path / "image.png")
+    with ImageCache(cache_dir) as cache:
+        expected = cache.load(path, 16, 12, "unit")
+        np.testing.assert_array_equal(cache.load(path, 16, 12, "unit"), expected)
+        [entry] = cache.entries()
+        assert (cache.hits, cache.misses) == (1, 1)
+        assert entry["file_size"] == cache_file_of(cache, entry).stat().st_size
