@@ -89,6 +89,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         return self.state["stopped_early"]
 
     @property
+    def run_history(self) -> list[dict]:
+        """Every finished epoch's logs of the run so far: the earlier phases', then this one's."""
+        return self.earlier_history + self.state["history"]
+
+    @property
     def phase_epochs(self) -> int:
         """Epochs finished in this phase."""
         return self.state["epochs_done"] - self.state["first_epoch"]
@@ -122,7 +127,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._write_history()
 
     def _write_history(self):
-        rows = self.earlier_history + self.state["history"]
+        rows = self.run_history
         columns = list(dict.fromkeys(column for row in rows for column in row))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)

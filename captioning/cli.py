@@ -184,14 +184,12 @@ def run_bench_command(arguments) -> None:
     run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out)
 
 
-
 def run_inspect(arguments) -> None:
     from captioning.inspection import inspect
 
     for path in inspect(arguments.image, arguments.out, arguments.run, arguments.experiment, arguments.set,
                         default_experiment=DEFAULT_EXPERIMENT):
         print(path)
-
 
 
 COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare,

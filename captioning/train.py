@@ -295,9 +295,8 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
             initial_epoch = phase_one.state["epochs_done"]
             checkpoint.start_from(model, starting_loss, first_epoch=initial_epoch,
                                   best_epoch=phase_one.state["best_epoch"])
-            trainable = int(sum(np.prod(weight.shape) for weight in model.encoder.trainable_weights))
             print(f"phase 2: fine-tuning the top {config.encoder.fine_tune_layers} layers of {config.encoder.name} "
-                  f"({trainable} parameters) with the decoder, learning rate "
+                  f"({parameter_count(model.encoder.trainable_weights)} parameters) with the decoder, learning rate "
                   f"{config.training.fine_tune_learning_rate}; early-stopping loss {starting_loss:.4f} after phase 1")
         last_epoch = checkpoint.state["first_epoch"] + config.training.fine_tune_epochs
         if initial_epoch < last_epoch and not checkpoint.finished:
@@ -306,6 +305,11 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
                 callbacks)
         model.load_weights(checkpoint.best_weights_path)
     return model
+
+
+def parameter_count(weights) -> int:
+    """How many numbers the given weights hold."""
+    return int(sum(np.prod(weight.shape) for weight in weights))
 
 
 def phase_summary(checkpoint: TrainingCheckpoint, learning_rate: float) -> dict:
@@ -360,8 +364,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         print(f"worker {worker.index}: training finished; the chief (worker 0) writes the weights and metrics")
         return {}
     export_model(config, model, vocabulary, run_dir / WEIGHTS_FILE)
-    history = [row for checkpoint, _ in phases for row in checkpoint.state["history"]]
-    plot_training_curves(history, run_dir / "training_curves.png", title=config.name)
+    plot_training_curves(phases[-1][0].run_history, run_dir / "training_curves.png", title=config.name)
     return evaluate_run(run_dir, training_facts(phases, model))
 
 
@@ -371,5 +374,5 @@ def training_facts(phases: list, model) -> dict:
     last = phases[-1][0].state
     return {"epochs": last["epochs_done"], "best_epoch": last["best_epoch"],
             "training_seconds": round(sum(checkpoint.state["training_seconds"] for checkpoint, _ in phases), 1),
-            "trainable_parameters": int(sum(np.prod(weight.shape) for weight in model.trainable_weights)),
+            "trainable_parameters": parameter_count(model.trainable_weights),
             "phases": [phase_summary(checkpoint, learning_rate) for checkpoint, learning_rate in phases]}
