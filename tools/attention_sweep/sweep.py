@@ -1,0 +1,177 @@
+"""Trains the project's AttentionDecoder on frozen MobileNet grids with several settings and
+prints dev BLEU-4 (greedy and beam 3) and CIDEr-D for each: a quick way to compare settings
+on a GPU machine without TensorFlow (Keras on JAX).
+
+    KERAS_BACKEND=jax python sweep.py --data sweep_data --images IMAGE_DIR [IMAGE_DIR ...] \
+        --weights mobilenet_v1_0.75_imagenet_notop.weights.h5 --variants lambda_1,lambda_0.1
+
+It mirrors `make train` for experiments/flickr8k_mobilenet_attention.toml (batch of 16
+images x 5 captions, Adam 1e-3 with clipnorm 5, masked cross-entropy plus the decoder's
+penalty, best epoch by the early-stopping loss, patience 3, at most 12 epochs), but the
+training loop and the width-3 beam search (no length penalty) are this script's own, so
+its numbers are a guide for choosing settings, not the project's results.
+Needs: keras, jax, numpy, pillow, nltk, and pycocoevalcap's cider folder on the path.
+"""
+import argparse
+import glob
+import json
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+from PIL import Image  # noqa: E402
+from pycocoevalcap.cider.cider import Cider  # noqa: E402
+
+from captioning.decoders import AttentionDecoder  # noqa: E402
+from captioning.metrics import bleu_scores  # noqa: E402
+from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID  # noqa: E402
+
+VARIANTS = {
+    "lambda_1": {},  # the shipped config
+    "lambda_0.02": {"attention_regularization": 0.02},
+    "lambda_0.1": {"attention_regularization": 0.1},
+    "lambda_3": {"attention_regularization": 3.0},
+    "lambda_10": {"attention_regularization": 10.0},
+    "lambda_1_lr_5e-4": {"learning_rate": 5e-4},
+}
+SHIPPED = dict(embedding_dim=256, units=512, cell="lstm", dropout=0.5, attention_units=256, attention_gate=True,
+               attention_regularization=1.0, image_norm=True)
+
+
+def region_grids(backbone, paths: list[str], batch_size: int = 250) -> np.ndarray:
+    """(images, 49, 768) float16: MobileNet's last feature map of each 224 x 224 image, as regions."""
+    grids = []
+    for start in range(0, len(paths), batch_size):
+        images = np.stack([np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+                           for path in paths[start:start + batch_size]])  # (batch, 224, 224, 3)
+        feature_maps = np.asarray(backbone(images / 127.5 - 1.0, training=False))  # (batch, 7, 7, 768)
+        grids.append(feature_maps.reshape(len(feature_maps), -1, feature_maps.shape[-1]).astype(np.float16))
+    return np.concatenate(grids)
+
+
+class SweepModel(keras.Model):
+    """features (images, regions, channels) + captions (images, captions, length) -> logits."""
+
+    def __init__(self, decoder, **kwargs):
+        super().__init__(**kwargs)
+        self.decoder = decoder
+
+    def call(self, inputs, training=None):
+        captions = inputs["captions"]
+        captions_per_image, length = captions.shape[1], captions.shape[2]
+        features = ops.repeat(inputs["features"], captions_per_image, axis=0)  # (images * captions, regions, channels)
+        logits = self.decoder((features, ops.reshape(captions, (-1, length))), training=training)
+        return ops.reshape(logits, (-1, captions_per_image, length, self.decoder.vocab_size))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def beam_search(decoder, features: np.ndarray, beams: int, max_steps: int) -> np.ndarray:
+    """(images, steps) token ids of each image's best beam; beams=1 is greedy. A finished beam
+    only extends with padding at no cost; pad, start and unknown are never generated."""
+    images, vocab_size = len(features), decoder.vocab_size
+    state = decoder.initial_state(ops.convert_to_tensor(np.repeat(features, beams, axis=0).astype("float32")))
+    last = np.full(images * beams, START_ID, "int32")
+    scores = np.tile([0.0] + [-1e9] * (beams - 1), images)  # (images * beams,): one live beam to start
+    sequences, finished = np.zeros((images * beams, 0), "int32"), np.zeros(images * beams, bool)
+    for _ in range(max_steps):
+        logits, state = decoder.step(ops.convert_to_tensor(last), state)
+        log_probs = log_softmax(np.asarray(logits, "float64"))  # (images * beams, vocab)
+        log_probs[:, [PAD_ID, START_ID, UNKNOWN_ID]] = -1e9
+        log_probs[finished] = -np.inf
+        log_probs[finished, PAD_ID] = 0.0
+        totals = (scores[:, None] + log_probs).reshape(images, beams * vocab_size)
+        best = np.argsort(-totals, axis=1)[:, :beams]  # (images, beams)
+        source = (best // vocab_size + np.arange(images)[:, None] * beams).ravel()  # (images * beams,)
+        last = (best % vocab_size).ravel().astype("int32")
+        scores = np.take_along_axis(totals, best, axis=1).ravel()
+        sequences = np.concatenate([sequences[source], last[:, None]], axis=1)
+        finished = finished[source] | (last == END_ID) | (last == PAD_ID)
+        state = keras.tree.map_structure(lambda value: ops.take(value, ops.convert_to_tensor(source), axis=0), state)
+        if finished.all():
+            break
+    winners = scores.reshape(images, beams).argmax(axis=1)
+    return sequences.reshape(images, beams, -1)[np.arange(images), winners]
+
+
+def decode(token_ids: np.ndarray, tokens: list[str]) -> list[str]:
+    captions = []
+    for row in token_ids:
+        words = []
+        for token_id in row:
+            if token_id in (PAD_ID, END_ID):
+                break
+            words.append(tokens[token_id])
+        captions.append(" ".join(words))
+    return captions
+
+
+def dev_scores(decoder, features, references, tokens, beams, max_steps):
+    captions = []
+    for start in range(0, len(features), 500):
+        captions += decode(beam_search(decoder, features[start:start + 500], beams, max_steps), tokens)
+    cider, _ = Cider().compute_score({i: refs for i, refs in enumerate(references)},
+                                     {i: [caption] for i, caption in enumerate(captions)})
+    return bleu_scores(references, captions)["bleu_4"], cider
+
+
+def train_variant(name, settings, features, token_arrays, meta, epochs=12, patience=3, batch_size=16):
+    keras.utils.set_random_seed(0)
+    settings = dict(settings)
+    learning_rate = settings.pop("learning_rate", 1e-3)
+    decoder = AttentionDecoder(len(meta["tokens"]), **{**SHIPPED, **settings})
+    model = SweepModel(decoder)
+    model({"features": ops.zeros((1, *features["train"].shape[1:])), "captions": ops.zeros((1, 1, 2), dtype="int32")})
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID))
+    train_tokens, stop_tokens = token_arrays["train_tokens"].astype("int32"), token_arrays["stop_tokens"].astype("int32")
+    train_inputs = {"features": features["train"], "captions": train_tokens[:, :, :-1]}
+    stop_inputs = {"features": features["stop"], "captions": stop_tokens[:, :, :-1]}
+    best_loss, best_weights, best_epoch, waited, started = np.inf, None, 0, 0, time.time()
+    for epoch in range(1, epochs + 1):
+        history = model.fit(train_inputs, train_tokens[:, :, 1:], batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
+        stop_loss = model.evaluate(stop_inputs, stop_tokens[:, :, 1:], batch_size=100, verbose=0)
+        print(f"{name} epoch {epoch:2d} loss {history.history['loss'][0]:.3f} early-stopping loss {stop_loss:.4f} "
+              f"{time.time() - started:.0f} s", flush=True)
+        if stop_loss < best_loss:
+            best_loss, best_weights, best_epoch, waited = stop_loss, model.get_weights(), epoch, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    model.set_weights(best_weights)
+    max_steps = train_tokens.shape[-1] - 1
+    greedy = dev_scores(decoder, features["dev"], meta["dev_references"], meta["tokens"], 1, max_steps)
+    beam = dev_scores(decoder, features["dev"], meta["dev_references"], meta["tokens"], 3, max_steps)
+    print(f"RESULT {name}: best epoch {best_epoch} (loss {best_loss:.4f}); dev BLEU-4 greedy {greedy[0]:.4f} "
+          f"beam-3 {beam[0]:.4f}; CIDEr-D greedy {greedy[1]:.3f} beam-3 {beam[1]:.3f}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the folder export.py wrote")
+    parser.add_argument("--images", nargs="+", required=True, help="folders holding the (224 x 224) image files")
+    parser.add_argument("--weights", required=True, help="MobileNet v1 alpha 0.75 no-top weights file")
+    parser.add_argument("--variants", default="lambda_1", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    arguments = parser.parse_args()
+    meta = json.load(open(os.path.join(arguments.data, "meta.json")))
+    token_arrays = np.load(os.path.join(arguments.data, "tokens.npz"), allow_pickle=False)
+    paths = {os.path.basename(path): path for folder in arguments.images for path in glob.glob(os.path.join(folder, "*"))}
+    backbone = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.75, include_top=False,
+                                            weights=arguments.weights)
+    features = {label: region_grids(backbone, [paths[name] for name in names]) for label, names in meta["names"].items()}
+    for name in arguments.variants.split(","):
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant '{name}'; valid: {', '.join(VARIANTS)}")
+        train_variant(name, VARIANTS[name], features, token_arrays, meta)
+
+
+if __name__ == "__main__":
+    main()
