@@ -7,15 +7,15 @@ Runs on the project's own machine (it needs TensorFlow for the StartEndPacker); 
 itself runs anywhere Keras runs (see README.md beside this file).
 """
 import argparse
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from captioning.datasets import load_split
+from captioning.files import write_json
 from captioning.pipeline import caption_array
-from captioning.runs import load_run_config
+from captioning.runs import VOCABULARY_FILE, load_run_config
 from captioning.splits import training_and_stopping_examples
 from captioning.vocabulary import Vocabulary
 
@@ -29,7 +29,7 @@ def main():
     config = load_run_config(run_dir)
     training_examples, stopping_examples = training_and_stopping_examples(config)
     dev_examples = load_split(config.data, config.training.evaluation_split)
-    vocabulary = Vocabulary(json.loads((run_dir / "vocabulary.json").read_text())["tokens"])
+    vocabulary = Vocabulary.load(run_dir / VOCABULARY_FILE)
     arrays, names = {}, {}
     for label, examples in [("train", training_examples), ("stop", stopping_examples), ("dev", dev_examples)]:
         arrays[f"{label}_tokens"] = caption_array(examples, vocabulary, config.data.captions_per_image,
@@ -37,9 +37,8 @@ def main():
         names[label] = [os.path.basename(example.image_path) for example in examples]
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out_dir / "tokens.npz", **arrays)
-    (out_dir / "meta.json").write_text(json.dumps({
-        "tokens": vocabulary.tokens, "names": names,
-        "dev_references": [list(example.captions) for example in dev_examples]}))
+    write_json(out_dir / "meta.json", {"tokens": vocabulary.tokens, "names": names,
+                                       "dev_references": [list(example.captions) for example in dev_examples]})
     print(f"{out_dir}: {', '.join(f'{label} {len(value)}' for label, value in names.items())} images, "
           f"vocabulary of {vocabulary.size}")
 

@@ -5,12 +5,13 @@ on a GPU machine without TensorFlow (Keras on JAX).
     KERAS_BACKEND=jax python sweep.py --data sweep_data --images IMAGE_DIR [IMAGE_DIR ...] \
         --weights mobilenet_v1_0.75_imagenet_notop.weights.h5 --variants lambda_1,lambda_0.1
 
-It mirrors `make train` for experiments/flickr8k_mobilenet_attention.toml (batch of 16
-images x 5 captions, Adam 1e-3 with clipnorm 5, masked cross-entropy plus the decoder's
-penalty, best epoch by the early-stopping loss, patience 3, at most 12 epochs), but the
+Each variant is the experiment file (--experiment, the Flickr8k attention experiment by
+default) with a few `section.field=value` overrides. It mirrors `make train` for that config
+(its decoder, batch size, learning rate, epochs and patience; Adam with clipnorm 5, masked
+cross-entropy plus the decoder's penalty, best epoch by the early-stopping loss), but the
 training loop and the width-3 beam search (no length penalty) are this script's own, so
 its numbers are a guide for choosing settings, not the project's results.
-Needs: keras, jax, numpy, pillow, nltk, and pycocoevalcap's cider folder on the path.
+Needs: keras, jax, numpy, pillow, nltk, and pycocoevalcap's Python files on the path (not its jars).
 """
 import argparse
 import glob
@@ -24,22 +25,21 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 from PIL import Image  # noqa: E402
-from pycocoevalcap.cider.cider import Cider  # noqa: E402
 
-from captioning.decoders import AttentionDecoder  # noqa: E402
+from captioning.coco_metrics import cider_d_score  # noqa: E402
+from captioning.config import ConfigError, load_config  # noqa: E402
+from captioning.decoders import build_decoder  # noqa: E402
 from captioning.metrics import bleu_scores  # noqa: E402
-from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID  # noqa: E402
+from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID, Vocabulary  # noqa: E402
 
-VARIANTS = {
-    "lambda_1": {},  # the shipped config
-    "lambda_0.02": {"attention_regularization": 0.02},
-    "lambda_0.1": {"attention_regularization": 0.1},
-    "lambda_3": {"attention_regularization": 3.0},
-    "lambda_10": {"attention_regularization": 10.0},
-    "lambda_1_lr_5e-4": {"learning_rate": 5e-4},
+VARIANTS = {  # overrides of the experiment file
+    "lambda_1": [],  # the shipped config
+    "lambda_0.02": ["decoder.attention_regularization=0.02"],
+    "lambda_0.1": ["decoder.attention_regularization=0.1"],
+    "lambda_3": ["decoder.attention_regularization=3.0"],
+    "lambda_10": ["decoder.attention_regularization=10.0"],
+    "lambda_1_lr_5e-4": ["training.learning_rate=5e-4"],
 }
-SHIPPED = dict(embedding_dim=256, units=512, cell="lstm", dropout=0.5, attention_units=256, attention_gate=True,
-               attention_regularization=1.0, image_norm=True)
 
 
 def region_grids(backbone, paths: list[str], batch_size: int = 250) -> np.ndarray:
@@ -101,42 +101,27 @@ def beam_search(decoder, features: np.ndarray, beams: int, max_steps: int) -> np
     return sequences.reshape(images, beams, -1)[np.arange(images), winners]
 
 
-def decode(token_ids: np.ndarray, tokens: list[str]) -> list[str]:
-    captions = []
-    for row in token_ids:
-        words = []
-        for token_id in row:
-            if token_id in (PAD_ID, END_ID):
-                break
-            words.append(tokens[token_id])
-        captions.append(" ".join(words))
-    return captions
-
-
-def dev_scores(decoder, features, references, tokens, beams, max_steps):
+def dev_scores(decoder, features, references, vocabulary, beams, max_steps):
     captions = []
     for start in range(0, len(features), 500):
-        captions += decode(beam_search(decoder, features[start:start + 500], beams, max_steps), tokens)
-    cider, _ = Cider().compute_score({i: refs for i, refs in enumerate(references)},
-                                     {i: [caption] for i, caption in enumerate(captions)})
-    return bleu_scores(references, captions)["bleu_4"], cider
+        captions += [vocabulary.decode(row) for row in beam_search(decoder, features[start:start + 500], beams, max_steps)]
+    return bleu_scores(references, captions)["bleu_4"], cider_d_score(references, captions)
 
 
-def train_variant(name, settings, features, token_arrays, meta, epochs=12, patience=3, batch_size=16):
-    keras.utils.set_random_seed(0)
-    settings = dict(settings)
-    learning_rate = settings.pop("learning_rate", 1e-3)
-    decoder = AttentionDecoder(len(meta["tokens"]), **{**SHIPPED, **settings})
+def train_variant(name, config, features, token_arrays, meta):
+    training = config.training
+    keras.utils.set_random_seed(training.seed)
+    decoder = build_decoder(config.decoder, len(meta["tokens"]))
     model = SweepModel(decoder)
     model({"features": ops.zeros((1, *features["train"].shape[1:])), "captions": ops.zeros((1, 1, 2), dtype="int32")})
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0),
+    model.compile(optimizer=keras.optimizers.Adam(training.learning_rate, clipnorm=5.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID))
     train_tokens, stop_tokens = token_arrays["train_tokens"].astype("int32"), token_arrays["stop_tokens"].astype("int32")
     train_inputs = {"features": features["train"], "captions": train_tokens[:, :, :-1]}
     stop_inputs = {"features": features["stop"], "captions": stop_tokens[:, :, :-1]}
     best_loss, best_weights, best_epoch, waited, started = np.inf, None, 0, 0, time.time()
-    for epoch in range(1, epochs + 1):
-        history = model.fit(train_inputs, train_tokens[:, :, 1:], batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
+    for epoch in range(1, training.epochs + 1):
+        history = model.fit(train_inputs, train_tokens[:, :, 1:], batch_size=training.batch_size, epochs=1, verbose=0, shuffle=True)
         stop_loss = model.evaluate(stop_inputs, stop_tokens[:, :, 1:], batch_size=100, verbose=0)
         print(f"{name} epoch {epoch:2d} loss {history.history['loss'][0]:.3f} early-stopping loss {stop_loss:.4f} "
               f"{time.time() - started:.0f} s", flush=True)
@@ -144,12 +129,13 @@ def train_variant(name, settings, features, token_arrays, meta, epochs=12, patie
             best_loss, best_weights, best_epoch, waited = stop_loss, model.get_weights(), epoch, 0
         else:
             waited += 1
-            if waited >= patience:
+            if waited >= training.patience:
                 break
     model.set_weights(best_weights)
-    max_steps = train_tokens.shape[-1] - 1
-    greedy = dev_scores(decoder, features["dev"], meta["dev_references"], meta["tokens"], 1, max_steps)
-    beam = dev_scores(decoder, features["dev"], meta["dev_references"], meta["tokens"], 3, max_steps)
+    max_steps = config.decoder.max_length - 1
+    vocabulary = Vocabulary(meta["tokens"])
+    greedy = dev_scores(decoder, features["dev"], meta["dev_references"], vocabulary, 1, max_steps)
+    beam = dev_scores(decoder, features["dev"], meta["dev_references"], vocabulary, 3, max_steps)
     print(f"RESULT {name}: best epoch {best_epoch} (loss {best_loss:.4f}); dev BLEU-4 greedy {greedy[0]:.4f} "
           f"beam-3 {beam[0]:.4f}; CIDEr-D greedy {greedy[1]:.3f} beam-3 {beam[1]:.3f}", flush=True)
 
@@ -159,6 +145,8 @@ def main():
     parser.add_argument("--data", required=True, help="the folder export.py wrote")
     parser.add_argument("--images", nargs="+", required=True, help="folders holding the (224 x 224) image files")
     parser.add_argument("--weights", required=True, help="MobileNet v1 alpha 0.75 no-top weights file")
+    parser.add_argument("--experiment", default="experiments/flickr8k_mobilenet_attention.toml",
+                        help="the experiment file each variant overrides")
     parser.add_argument("--variants", default="lambda_1", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     arguments = parser.parse_args()
     meta = json.load(open(os.path.join(arguments.data, "meta.json")))
@@ -167,10 +155,12 @@ def main():
     backbone = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.75, include_top=False,
                                             weights=arguments.weights)
     features = {label: region_grids(backbone, [paths[name] for name in names]) for label, names in meta["names"].items()}
-    for name in arguments.variants.split(","):
-        if name not in VARIANTS:
-            raise ValueError(f"unknown variant '{name}'; valid: {', '.join(VARIANTS)}")
-        train_variant(name, VARIANTS[name], features, token_arrays, meta)
+    names = arguments.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
+    for name in names:
+        train_variant(name, load_config(arguments.experiment, VARIANTS[name]), features, token_arrays, meta)
 
 
 if __name__ == "__main__":
