@@ -15,8 +15,9 @@ from captioning.files import atomic_path  # noqa: E402
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> None:
     """Losses (loss, val_loss, ...) against the epoch number; beside them, when the history
     has it, validation BLEU-4 per epoch; a dashed line where a fine-tuning phase starts (rows
-    carry their ``phase``)."""
-    names = [key for key in history[0] if key not in ("epoch", "phase")] if history else []
+    carry their ``phase``) and a dotted one where the learning rate was lowered (rows carry
+    their ``learning_rate`` with training.learning_rate_decay)."""
+    names = [key for key in history[0] if key not in ("epoch", "phase", "learning_rate")] if history else []
     bleu_names = [name for name in names if "bleu" in name]
     loss_names = [name for name in names if name not in bleu_names]
     figure, axes = plt.subplots(1, 2 if bleu_names else 1, figsize=(11 if bleu_names else 6, 4), dpi=100,
@@ -24,6 +25,7 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     epochs = [row["epoch"] for row in history]
     phase_starts = [row["epoch"] for previous, row in zip(history, history[1:])
                     if row.get("phase", 1) != previous.get("phase", 1)]
+    rate_cuts = rate_cut_epochs(history)
     panels = [(axes[0][0], loss_names, "masked cross-entropy")]
     if bleu_names:
         panels.append((axes[0][1], bleu_names, "BLEU-4 (greedy, early-stopping images)"))
@@ -32,6 +34,8 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
             axis.plot(epochs, [row.get(name) for row in history], marker="o", label=name)
         for epoch in phase_starts:
             axis.axvline(epoch - 0.5, color="gray", linestyle="--", label="fine-tuning starts")
+        for number, epoch in enumerate(rate_cuts):
+            axis.axvline(epoch - 0.5, color="gray", linestyle=":", label="learning rate lowered" if number == 0 else None)
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
@@ -41,6 +45,13 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     plt.close(figure)
+
+
+def rate_cut_epochs(history: list[dict]) -> list[int]:
+    """The epochs that trained at a lower learning rate than the epoch before them."""
+    return [row["epoch"] for previous, row in zip(history, history[1:])
+            if row.get("learning_rate") is not None and previous.get("learning_rate") is not None
+            and float(row["learning_rate"]) < float(previous["learning_rate"])]
 
 
 def plot_metric_bars(labels: list[str], values: dict[str, list[float]], path: str | Path,

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from captioning.augment import build_augmentation, check_augmentation
 from captioning.checkpoints import TrainingCheckpoint
-from captioning.config import ConfigError, ExperimentConfig, to_toml
+from captioning.config import ConfigError, ExperimentConfig, TrainingConfig, to_toml
 from captioning.distribution import Worker, build_strategy, current_worker
 from captioning.encoders import build_encoder, normalization_for
 from captioning.evaluate import evaluate_run
@@ -54,6 +54,12 @@ from captioning.vocabulary import Vocabulary
 
 BEST_WEIGHTS_FILE = "best.weights.h5"  # inside checkpoint/: the training model's best epoch
 FINE_TUNE_DIR = "fine_tune"  # inside checkpoint/: phase 2's own checkpoint and best weights
+
+
+def check_learning_rate_decay(training: TrainingConfig) -> None:
+    if not 0 < training.learning_rate_decay <= 1:
+        raise ConfigError(f"training.learning_rate_decay={training.learning_rate_decay} must be above 0 and at most 1 "
+                          "(1 keeps the learning rate fixed)")
 
 
 def check_fine_tuning(config: ExperimentConfig) -> None:
@@ -331,6 +337,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     check_augmentation(config)
     check_gradient_logging(config)
     check_fine_tuning(config)
+    check_learning_rate_decay(config.training)
     strategy = build_strategy(config.training)  # first: "multi_worker" must exist before any TensorFlow op
     worker = current_worker(config.training)
     prepare_run_dir(config, run_dir)
@@ -351,13 +358,15 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     if not worker.is_chief:  # its own copy: resumable on a machine that does not share run_dir
         checkpoint_dir = checkpoint_dir / f"worker-{worker.index}"
         history_path = checkpoint_dir / HISTORY_FILE
-    patience = config.training.patience
-    phase_one = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, history_path, patience)
+    patience, decay = config.training.patience, config.training.learning_rate_decay
+    phase_one = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, history_path, patience,
+                                   learning_rate_decay=decay)
     model = train_phase_one(data, phase_one, strategy, run_dir, verbose)
     phases = [(phase_one, config.training.learning_rate)]
     if config.encoder.fine_tune_layers:
         phase_two = TrainingCheckpoint(checkpoint_dir / FINE_TUNE_DIR, checkpoint_dir / FINE_TUNE_DIR / BEST_WEIGHTS_FILE,
-                                       history_path, patience, phase=2, earlier_history=phase_one.state["history"])
+                                       history_path, patience, phase=2, earlier_history=phase_one.state["history"],
+                                       learning_rate_decay=decay)
         model = train_phase_two(data, phase_one, model, phase_two, strategy, run_dir, verbose)
         phases.append((phase_two, config.training.fine_tune_learning_rate))
     if not worker.is_chief:
