@@ -3,6 +3,7 @@ and continues at a smaller learning rate; the rate survives a restart."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import keras
@@ -99,3 +100,23 @@ def test_a_decay_outside_0_to_1_is_a_config_error(tmp_path, decay):
     config = tiny_config(tmp_path, f"training.learning_rate_decay={decay}")
     with pytest.raises(ConfigError, match="training.learning_rate_decay"):
         train(config, tmp_path / "run", verbose=0)
+
+
+def test_a_tiny_run_follows_the_rule_epoch_by_epoch(tmp_path):
+    """Through train(): the configured decay reaches the checkpoint, and every epoch trained at
+    the rate the rule gives from the epochs before it (a cut after each epoch that did not
+    beat the best so far)."""
+    config = tiny_config(tmp_path, "training.epochs=4", "training.patience=4", "training.learning_rate=10.0",
+                         "training.learning_rate_decay=0.5", "data.shapes_train_size=16")
+    train(config, tmp_path / "run", verbose=0)
+    with open(tmp_path / "run" / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["learning_rate"]) < 10.0, "a learning rate of 10 should have made an epoch worse"
+    expected_rate, best = 10.0, float("inf")
+    for row in rows:
+        assert float(row["learning_rate"]) == pytest.approx(expected_rate)
+        if float(row["val_loss"]) < best:
+            best = float(row["val_loss"])
+        else:
+            expected_rate *= 0.5
