@@ -124,8 +124,6 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             logs["learning_rate"] = float(f"{rate:.6g}")  # 2e-4, not float32's 0.00019999999494757503
         self.state["training_seconds"] += time.time() - self._epoch_started
         weights_file = f"epoch-{epoch + 1:03d}.weights.h5"
-        with atomic_path(self.checkpoint_dir / weights_file) as temporary:
-            self.model.save_weights(temporary)
         validation_loss = logs.get("val_loss", logs.get("loss", math.inf))
         state = self.state
         if state["best_val_loss"] is None or validation_loss < state["best_val_loss"]:
@@ -142,8 +140,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
         elif state["epochs_without_improvement"] and self.decays:
             self._decay_from_best(logs["learning_rate"])
-            with atomic_path(self.checkpoint_dir / weights_file) as temporary:
-                self.model.save_weights(temporary)  # the checkpoint is where the next epoch starts
+        with atomic_path(self.checkpoint_dir / weights_file) as temporary:
+            self.model.save_weights(temporary)  # where the next epoch starts (the best, after a decay)
         write_json(self.state_path, state)
         if previous_weights and previous_weights != weights_file:
             (self.checkpoint_dir / previous_weights).unlink(missing_ok=True)

@@ -28,6 +28,13 @@ def checkpoint_for(tmp_path, decay, patience=3):
                               patience, learning_rate_decay=decay)
 
 
+def watched_model(tmp_path, decay, patience=3):
+    """A compiled model at learning rate 1e-3 and the checkpoint watching it."""
+    model, checkpoint = compiled_model(1e-3), checkpoint_for(tmp_path, decay, patience)
+    checkpoint.set_model(model)
+    return model, checkpoint
+
+
 def run_epoch(checkpoint, model, epoch, val_loss, kernel_value):
     """Stands in for an epoch of fit: new weights, then the checkpoint's end-of-epoch work."""
     model.layers[0].kernel.assign(np.full((3, 2), kernel_value, dtype="float32"))
@@ -44,9 +51,7 @@ def learning_rate(model):
 
 
 def test_a_worse_epoch_restores_the_best_weights_and_decays_the_rate(tmp_path):
-    model = compiled_model(1e-3)
-    checkpoint = checkpoint_for(tmp_path, decay=0.2)
-    checkpoint.set_model(model)
+    model, checkpoint = watched_model(tmp_path, decay=0.2)
     run_epoch(checkpoint, model, 0, val_loss=2.0, kernel_value=1.0)
     run_epoch(checkpoint, model, 1, val_loss=1.5, kernel_value=2.0)  # the best
     assert learning_rate(model) == pytest.approx(1e-3)
@@ -61,9 +66,7 @@ def test_a_worse_epoch_restores_the_best_weights_and_decays_the_rate(tmp_path):
 
 
 def test_the_decayed_rate_and_weights_survive_a_restart(tmp_path):
-    model = compiled_model(1e-3)
-    checkpoint = checkpoint_for(tmp_path, decay=0.5)
-    checkpoint.set_model(model)
+    model, checkpoint = watched_model(tmp_path, decay=0.5)
     run_epoch(checkpoint, model, 0, val_loss=1.0, kernel_value=1.0)
     run_epoch(checkpoint, model, 1, val_loss=1.2, kernel_value=5.0)
     restarted, again = compiled_model(1e-3), checkpoint_for(tmp_path, decay=0.5)
@@ -75,9 +78,7 @@ def test_the_decayed_rate_and_weights_survive_a_restart(tmp_path):
 
 
 def test_patience_still_ends_the_run_without_a_last_decay(tmp_path):
-    model = compiled_model(1e-3)
-    checkpoint = checkpoint_for(tmp_path, decay=0.5, patience=2)
-    checkpoint.set_model(model)
+    model, checkpoint = watched_model(tmp_path, decay=0.5, patience=2)
     for epoch, loss in enumerate([1.0, 1.1, 1.2]):
         run_epoch(checkpoint, model, epoch, val_loss=loss, kernel_value=epoch + 1.0)
     assert checkpoint.finished and model.stop_training
@@ -85,9 +86,7 @@ def test_patience_still_ends_the_run_without_a_last_decay(tmp_path):
 
 
 def test_without_decay_the_rate_and_weights_are_left_alone(tmp_path):
-    model = compiled_model(1e-3)
-    checkpoint = checkpoint_for(tmp_path, decay=1.0)
-    checkpoint.set_model(model)
+    model, checkpoint = watched_model(tmp_path, decay=1.0)
     run_epoch(checkpoint, model, 0, val_loss=1.0, kernel_value=1.0)
     run_epoch(checkpoint, model, 1, val_loss=1.2, kernel_value=5.0)
     np.testing.assert_array_equal(kernel(model), 5.0)
