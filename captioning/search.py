@@ -4,6 +4,11 @@ The sampler calls ``next(prompt, cache, index)`` and expects the logits of the t
 ``index``; the cache carries the RNN state (and, for attention decoders, the features),
 so each step costs one decoder step, not a re-run of the prefix. keras-hub's BeamSampler
 repeats and reorders every tensor of the cache per beam, so the same step serves beams.
+
+Both samplers here can also refuse to repeat an n-gram (``generation.no_repeat_ngram_size``):
+the wrapped ``next`` sets to -1e9 the logit of any token that would complete an n-gram the
+row already holds (Paulus et al., 2018 block repeated trigrams in beam search), against
+LSTM captions such as "a man in a white shirt and a white shirt and a white shirt".
 """
 
 from __future__ import annotations
@@ -40,12 +45,15 @@ class CaptionBeamSampler(keras_hub.samplers.BeamSampler):
     both sorted best first.
     """
 
-    def __init__(self, num_beams=5, return_all_beams=False, length_penalty=0.0, pad_token_id=PAD_ID, **kwargs):
+    def __init__(self, num_beams=5, return_all_beams=False, length_penalty=0.0, pad_token_id=PAD_ID,
+                 no_repeat_ngram_size=0, **kwargs):
         super().__init__(num_beams=num_beams, return_all_beams=return_all_beams, **kwargs)
         self.length_penalty = length_penalty
         self.pad_token_id = pad_token_id
+        self.no_repeat_ngram_size = no_repeat_ngram_size
 
     def __call__(self, next, prompt, cache=None, index=0, mask=None, stop_token_ids=None, hidden_states=None, model=None):
+        next = block_repeated_ngrams(next, self.no_repeat_ngram_size)  # (a no-op at size 0)
         batch_size, max_length = ops.shape(prompt)[0], ops.shape(prompt)[1]
         index = ops.cast(index, "int32")
         start_index = index  # CHANGED (2): lengths are counted from here
@@ -148,15 +156,71 @@ class CaptionBeamSampler(keras_hub.samplers.BeamSampler):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"length_penalty": self.length_penalty, "pad_token_id": self.pad_token_id})
+        config.update({"length_penalty": self.length_penalty, "pad_token_id": self.pad_token_id,
+                       "no_repeat_ngram_size": self.no_repeat_ngram_size})
         return config
+
+
+class CaptionGreedySampler(keras_hub.samplers.GreedySampler):
+    """keras-hub's greedy search, optionally never repeating an n-gram (``no_repeat_ngram_size``)."""
+
+    def __init__(self, no_repeat_ngram_size=0, **kwargs):
+        super().__init__(**kwargs)
+        self.no_repeat_ngram_size = no_repeat_ngram_size
+
+    def __call__(self, next, *args, **kwargs):
+        return super().__call__(block_repeated_ngrams(next, self.no_repeat_ngram_size), *args, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "no_repeat_ngram_size": self.no_repeat_ngram_size}
+
+
+def block_repeated_ngrams(next_token_logits, size: int):
+    """A sampler's ``next`` whose logits are -1e9 for every token that would repeat an n-gram
+    of ``size`` tokens already in the row; ``size`` 0 returns ``next_token_logits`` itself."""
+    if size == 0:
+        return next_token_logits
+
+    def next_without_repeats(prompt, cache, index):
+        logits, hidden_states, cache = next_token_logits(prompt, cache, index)  # logits (rows, vocab)
+        banned = repeated_ngram_tokens(prompt, index, size, ops.shape(logits)[-1])  # (rows, vocab) bool
+        return ops.where(banned, ops.full_like(logits, -1e9), logits), hidden_states, cache
+
+    return next_without_repeats
+
+
+def repeated_ngram_tokens(prompt, index, size: int, vocab_size: int):
+    """(rows, vocab_size) bool: the tokens that, written at ``index``, would complete an n-gram of
+    ``size`` tokens that already occurs in ``prompt[:, 1:index]`` (position 0 is <start>).
+
+    prompt: (rows, max_length) int with a static max_length; index: the position being
+    generated (a scalar, a tensor inside the sampler's loop). The last ``size - 1`` tokens
+    are the prefix; each earlier place the prefix occurs bans the token that followed it.
+    """
+    max_length = prompt.shape[1]
+    if max_length is None:
+        raise ValueError("repeated_ngram_tokens needs the prompt's length (axis 1) known when it is traced")
+    index = ops.cast(index, "int32")
+    # The prefix needs size - 1 generated tokens: positions index - size + 1 .. index - 1, all >= 1.
+    prefix_is_generated = index - (size - 1) >= 1
+    prefix = [ops.take(prompt, ops.maximum(index - (size - 1) + offset, 0), axis=1)
+              for offset in range(size - 1)]  # size - 1 tensors of (rows,)
+    banned = ops.zeros((ops.shape(prompt)[0], vocab_size), dtype="bool")
+    for start in range(1, max_length - size + 1):  # an earlier n-gram at start .. start + size - 1
+        matches = ops.logical_and(prefix_is_generated, start + size - 1 < index)  # it lies before index
+        for offset in range(size - 1):
+            matches = ops.logical_and(matches, ops.equal(prompt[:, start + offset], prefix[offset]))  # (rows,)
+        follower = ops.one_hot(prompt[:, start + size - 1], vocab_size) > 0  # (rows, vocab)
+        banned = ops.logical_or(banned, ops.logical_and(follower, matches[:, None]))
+    return banned
 
 
 # The valid ``generation.sampler`` names, each building its sampler from the section.
 SAMPLERS = {
-    "greedy": lambda generation: keras_hub.samplers.GreedySampler(),
+    "greedy": lambda generation: CaptionGreedySampler(no_repeat_ngram_size=generation.no_repeat_ngram_size),
     "beam": lambda generation: CaptionBeamSampler(num_beams=generation.beam_width,
-                                                  length_penalty=generation.length_penalty),
+                                                  length_penalty=generation.length_penalty,
+                                                  no_repeat_ngram_size=generation.no_repeat_ngram_size),
 }
 
 
@@ -167,6 +231,8 @@ def build_sampler(generation: GenerationConfig):
         raise ConfigError(f"generation.beam_width must be at least 1, got {generation.beam_width}")
     if generation.length_penalty < 0:
         raise ConfigError(f"generation.length_penalty must be 0 or more, got {generation.length_penalty}")
+    if generation.no_repeat_ngram_size < 0:
+        raise ConfigError(f"generation.no_repeat_ngram_size must be 0 (off) or more, got {generation.no_repeat_ngram_size}")
     return SAMPLERS[generation.sampler](generation)
 
 
@@ -174,7 +240,7 @@ def build_top_beams_sampler(generation: GenerationConfig, top: int) -> CaptionBe
     """Beam search returning every beam and its score: at least ``top`` beams, wider if configured."""
     build_sampler(generation)  # the same checks
     return CaptionBeamSampler(num_beams=max(top, generation.beam_width), length_penalty=generation.length_penalty,
-                              return_all_beams=True)
+                              no_repeat_ngram_size=generation.no_repeat_ngram_size, return_all_beams=True)
 
 
 def make_step(decoder):

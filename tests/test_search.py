@@ -279,3 +279,52 @@ def test_special_tokens_are_never_generated():
     decoder.table = tf.tensor_scatter_nd_update(decoder.table, [[START_ID, 5]], [4.0])  # second best after <unk>
     token_ids = generate(decoder, batch=1, max_length=5)
     np.testing.assert_array_equal(token_ids[0], [START_ID, 5, END_ID, PAD_ID, PAD_ID])
+
+
+# ---- n-gram blocking ------------------------------------------------------------------
+
+# 5 6 7 loops; after 6, <end> is the runner-up (logit 0 against 7's 5).
+LOOP_WITH_AN_EXIT = {START_ID: 5, 5: 6, 6: 7, 7: 5}
+
+
+def loop_decoder():
+    decoder = TransitionDecoder(LOOP_WITH_AN_EXIT)
+    decoder.table = tf.tensor_scatter_nd_update(decoder.table, [[6, END_ID]], [0.0])
+    return decoder
+
+
+@pytest.mark.parametrize("make_sampler", [
+    lambda size: build_sampler(GenerationConfig(sampler="greedy", no_repeat_ngram_size=size)),
+    lambda size: build_sampler(GenerationConfig(sampler="beam", beam_width=2, no_repeat_ngram_size=size)),
+], ids=["greedy", "beam"])
+def test_trigram_blocking_stops_a_loop_at_the_repeat(make_sampler):
+    looping = decode(loop_decoder(), make_sampler(0), max_length=8)
+    np.testing.assert_array_equal(looping[0], [START_ID, 5, 6, 7, 5, 6, 7, 5])  # "5 6 7" twice: allowed at 0
+    blocked = decode(loop_decoder(), make_sampler(3), max_length=8)
+    # "5 6" again may not be followed by 7; the runner-up <end> is taken instead.
+    np.testing.assert_array_equal(up_to_end(blocked[0]), [START_ID, 5, 6, 7, 5, 6, END_ID])
+
+
+def test_bigram_blocking_bans_the_follower_of_an_earlier_prefix():
+    from captioning.search import repeated_ngram_tokens
+
+    prompt = tf.constant([[START_ID, 5, 6, 5, PAD_ID, PAD_ID],  # prefix 5 once followed by 6
+                          [START_ID, 7, 8, 9, PAD_ID, PAD_ID]])  # prefix 9 never seen before
+    banned = np.asarray(repeated_ngram_tokens(prompt, 4, 2, VOCAB_SIZE))
+    assert banned.shape == (2, VOCAB_SIZE)
+    assert np.flatnonzero(banned[0]).tolist() == [6]
+    assert not banned[1].any()
+    # Trigrams: the prefix (6, 5) has not occurred before, so nothing is banned.
+    assert not np.asarray(repeated_ngram_tokens(prompt, 4, 3, VOCAB_SIZE)).any()
+    # Only tokens before index count: at index 2 the prefix is 5 (position 1) and nothing precedes it.
+    assert not np.asarray(repeated_ngram_tokens(prompt, 2, 2, VOCAB_SIZE)).any()
+
+
+def test_blocking_settings_reach_both_samplers_and_survive_get_config():
+    for sampler_name in ("greedy", "beam"):
+        sampler = build_sampler(GenerationConfig(sampler=sampler_name, no_repeat_ngram_size=3))
+        assert sampler.no_repeat_ngram_size == 3
+        assert type(sampler).from_config(sampler.get_config()).no_repeat_ngram_size == 3
+    assert build_top_beams_sampler(GenerationConfig(no_repeat_ngram_size=3), top=2).no_repeat_ngram_size == 3
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
+        build_sampler(GenerationConfig(no_repeat_ngram_size=-1))
