@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import shlex
 import sys
@@ -110,6 +111,16 @@ def beam_overrides(beam: int | None) -> list[str]:
     return ["generation.sampler=beam", f"generation.beam_width={beam}"] if beam is not None else []
 
 
+def evaluation_name(split: str, overrides: list[str], beam: int | None) -> str:
+    """The stem of an evaluation's files in the run directory: evaluation_val, evaluation_val_beam3,
+    or with --set a tag per set of overrides (evaluation_val_set-1a2b3c4d_beam3), so evaluating
+    with other overrides never overwrites an earlier result; the JSON lists the overrides."""
+    tag = ""
+    if overrides:
+        tag = "_set-" + hashlib.sha1("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
+    return f"evaluation_{split}{tag}" + (f"_beam{beam}" if beam is not None else "")
+
+
 def run_train(arguments) -> None:
     from captioning.config import load_config
     from captioning.runs import load_run_config, new_run_dir, unfinished_run_with_config
@@ -157,8 +168,8 @@ def run_evaluate(arguments) -> None:
     metrics, rows = evaluate_captioner(captioner, arguments.split)
     metrics["run"] = str(run_dir)
     metrics["generation"] = dataclasses.asdict(captioner.config.generation)
-    name = (f"evaluation_{arguments.split}" + ("_overridden" if arguments.set else "")
-            + (f"_beam{arguments.beam}" if arguments.beam is not None else ""))
+    metrics["overrides"] = list(arguments.set)
+    name = evaluation_name(arguments.split, arguments.set, arguments.beam)
     write_results(metrics, rows, run_dir / f"{name}.json", run_dir / f"{name}_captions.csv")
     if arguments.out:
         write_results(metrics, rows, Path(arguments.out), Path(arguments.out).with_suffix(".captions.csv"))

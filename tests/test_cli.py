@@ -95,3 +95,17 @@ def test_evaluate_with_a_beam_names_and_records_it(trained_run, capsys):
     assert code == 0, err
     metrics = json.loads((trained_run / "evaluation_test_beam2.json").read_text())
     assert metrics["generation"]["sampler"] == "beam" and metrics["generation"]["beam_width"] == 2
+
+
+def test_evaluations_with_different_overrides_keep_separate_files(trained_run, capsys):
+    """Evaluating again with other --set values must not overwrite the first result."""
+    for size in ("0", "3"):
+        code, out, err = run_cli(capsys, "evaluate", "--run", str(trained_run), "--split", "test", "--beam", "2",
+                                 "--set", f"generation.no_repeat_ngram_size={size}")
+        assert code == 0, err
+    files = sorted(trained_run.glob("evaluation_test_set-*_beam2.json"))
+    assert len(files) == 2
+    recorded = {json.loads(path.read_text())["generation"]["no_repeat_ngram_size"] for path in files}
+    assert recorded == {0, 3}
+    assert {tuple(json.loads(path.read_text())["overrides"]) for path in files} == {
+        ("generation.no_repeat_ngram_size=0",), ("generation.no_repeat_ngram_size=3",)}
