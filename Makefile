@@ -5,6 +5,8 @@
 #   make train [EXPERIMENT=file, default experiments/shapes_conv_gru.toml] [RUN=dir] [SET="section.field=value ..."]
 #   make caption IMG=path [RUN=dir] [BEAM=width] [TOP=n]   (TOP: the n best beams with their log-probabilities)
 #                [ATTENTION=out.png]   (attention decoders: one panel per word with its attention map)
+#                [SET=...]   ("generation.sampler=top_p" samples a caption; "generation.no_repeat_ngram_size=3"
+#                            never repeats three words)
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json] [BEAM=width]
 #   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes/] [OUT=dir, default runs/compare]
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
@@ -35,8 +37,8 @@ train: $(INSTALLED)
 	$(PY) -m captioning train $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET))
 
 caption: $(INSTALLED)
-	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir] [BEAM=width] [TOP=n] [ATTENTION=out.png]" >&2; exit 2; }
-	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(BEAM),--beam $(BEAM)) $(if $(TOP),--top $(TOP)) $(if $(ATTENTION),--attention "$(ATTENTION)")
+	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir] [BEAM=width] [TOP=n] [ATTENTION=out.png] [SET=...]" >&2; exit 2; }
+	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(BEAM),--beam $(BEAM)) $(if $(TOP),--top $(TOP)) $(if $(ATTENTION),--attention "$(ATTENTION)") $(if $(SET),--set $(SET))
 
 evaluate: $(INSTALLED)
 	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT)) $(if $(BEAM),--beam $(BEAM))

@@ -60,6 +60,8 @@ def parse_arguments(argv):
     caption = commands.add_parser("caption", help="print a caption for an image")
     caption.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
     caption.add_argument("--run", help="run directory (default: the latest trained run)")
+    caption.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                         help="generation overrides, e.g. generation.sampler=top_p generation.no_repeat_ngram_size=3")
     caption.add_argument("--beam", type=positive_int, metavar="WIDTH",
                          help="beam search with this many beams (default: the run's sampler)")
     caption.add_argument("--top", type=positive_int, metavar="N",
@@ -142,7 +144,7 @@ def run_caption(arguments) -> None:
     run_dir = arguments.run or latest_run()
     from captioning.captioner import Captioner
 
-    captioner = Captioner.from_run(run_dir, beam_overrides(arguments.beam))
+    captioner = Captioner.from_run(run_dir, arguments.set + beam_overrides(arguments.beam))
     if arguments.attention is not None:
         from captioning.attention_plot import plot_attention
 

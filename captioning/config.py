@@ -187,7 +187,8 @@ class DecoderConfig:
 
 @dataclasses.dataclass
 class GenerationConfig:
-    # A name in search.SAMPLERS: "greedy" (one decoder row per image, the fastest) or "beam".
+    # A name in search.SAMPLERS: "greedy" (one decoder row per image, the fastest), "beam",
+    # or "top_k" / "top_p" (random sampling, for varied captions).
     sampler: str = "greedy"
     # Beam search only: beams kept per image. 3 is where Show-and-Tell's authors settled
     # (Vinyals et al., 2016, after starting at 20); each beam costs one more decoder row
@@ -200,6 +201,14 @@ class GenerationConfig:
     # 3 is the usual trigram blocking; it stops loops such as "a white shirt and a white
     # shirt" while "in a ... in a" (a repeated bigram) stays possible.
     no_repeat_ngram_size: int = 0
+    # "top_k" and "top_p" only: sample each word among the top_k likeliest, or among the
+    # likeliest whose probabilities add up to top_p (nucleus sampling), from the
+    # probabilities at this temperature (below 1: sharper). Varied captions, less accurate
+    # ones than greedy or beam; the seed makes a run's samples repeatable.
+    top_k: int = 10
+    top_p: float = 0.9
+    temperature: float = 1.0
+    seed: int = 0
 
 
 @dataclasses.dataclass

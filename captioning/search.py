@@ -161,8 +161,9 @@ class CaptionBeamSampler(keras_hub.samplers.BeamSampler):
         return config
 
 
-class CaptionGreedySampler(keras_hub.samplers.GreedySampler):
-    """keras-hub's greedy search, optionally never repeating an n-gram (``no_repeat_ngram_size``)."""
+class NgramBlocking:
+    """Mixin for a keras-hub sampler: its ``next`` never repeats an n-gram of
+    ``no_repeat_ngram_size`` tokens (0: off). List it before the sampler class."""
 
     def __init__(self, no_repeat_ngram_size=0, **kwargs):
         super().__init__(**kwargs)
@@ -173,6 +174,19 @@ class CaptionGreedySampler(keras_hub.samplers.GreedySampler):
 
     def get_config(self):
         return {**super().get_config(), "no_repeat_ngram_size": self.no_repeat_ngram_size}
+
+
+class CaptionGreedySampler(NgramBlocking, keras_hub.samplers.GreedySampler):
+    """keras-hub's greedy search (the most likely token each step), optionally without repeated n-grams."""
+
+
+class CaptionTopKSampler(NgramBlocking, keras_hub.samplers.TopKSampler):
+    """keras-hub's top-k sampling (a random token among the k likeliest), optionally without repeated n-grams."""
+
+
+class CaptionTopPSampler(NgramBlocking, keras_hub.samplers.TopPSampler):
+    """keras-hub's nucleus sampling (a random token among the likeliest whose probabilities
+    reach p), optionally without repeated n-grams."""
 
 
 def block_repeated_ngrams(next_token_logits, size: int):
@@ -221,6 +235,12 @@ SAMPLERS = {
     "beam": lambda generation: CaptionBeamSampler(num_beams=generation.beam_width,
                                                   length_penalty=generation.length_penalty,
                                                   no_repeat_ngram_size=generation.no_repeat_ngram_size),
+    "top_k": lambda generation: CaptionTopKSampler(k=generation.top_k, seed=generation.seed,
+                                                   temperature=generation.temperature,
+                                                   no_repeat_ngram_size=generation.no_repeat_ngram_size),
+    "top_p": lambda generation: CaptionTopPSampler(p=generation.top_p, seed=generation.seed,
+                                                   temperature=generation.temperature,
+                                                   no_repeat_ngram_size=generation.no_repeat_ngram_size),
 }
 
 
@@ -231,6 +251,12 @@ def build_sampler(generation: GenerationConfig):
         raise ConfigError(f"generation.beam_width must be at least 1, got {generation.beam_width}")
     if generation.length_penalty < 0:
         raise ConfigError(f"generation.length_penalty must be 0 or more, got {generation.length_penalty}")
+    if generation.top_k < 1:
+        raise ConfigError(f"generation.top_k must be at least 1, got {generation.top_k}")
+    if not 0 < generation.top_p <= 1:
+        raise ConfigError(f"generation.top_p must be above 0 and at most 1, got {generation.top_p}")
+    if generation.temperature <= 0:
+        raise ConfigError(f"generation.temperature must be above 0, got {generation.temperature}")
     if generation.no_repeat_ngram_size < 0:
         raise ConfigError(f"generation.no_repeat_ngram_size must be 0 (off) or more, got {generation.no_repeat_ngram_size}")
     return SAMPLERS[generation.sampler](generation)

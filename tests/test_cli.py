@@ -109,3 +109,19 @@ def test_evaluations_with_different_overrides_keep_separate_files(trained_run, c
     assert recorded == {0, 3}
     assert {tuple(json.loads(path.read_text())["overrides"]) for path in files} == {
         ("generation.no_repeat_ngram_size=0",), ("generation.no_repeat_ngram_size=3",)}
+
+
+def test_caption_takes_generation_overrides(trained_run, tmp_path, capsys):
+    """Top-k sampling with k = 1 is greedy, so it must print the greedy caption; k = 1 with
+    a tiny nucleus (top_p) as well."""
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(path)
+    captions = []
+    for overrides in ([], ["--set", "generation.sampler=top_k", "generation.top_k=1"],
+                      ["--set", "generation.sampler=top_p", "generation.top_p=0.01"]):
+        code, out, err = run_cli(capsys, "caption", str(path), "--run", str(trained_run), *overrides)
+        assert code == 0, err
+        captions.append(out.strip())
+    assert captions[0] and captions[1] == captions[0] and captions[2] == captions[0]
+    code, out, err = run_cli(capsys, "caption", str(path), "--run", str(trained_run), "--set", "generation.sampler=top")
+    assert code != 0 and "top_k" in err  # the error lists the valid samplers

@@ -254,7 +254,7 @@ def test_beam_search_runs_inside_tf_function_with_any_batch_size():
 
 
 def test_samplers_are_built_from_the_generation_section():
-    assert set(SAMPLERS) == {"greedy", "beam"}
+    assert set(SAMPLERS) == {"greedy", "beam", "top_k", "top_p"}
     sampler = build_sampler(GenerationConfig(sampler="beam", beam_width=5, length_penalty=0.6))
     assert isinstance(sampler, CaptionBeamSampler)
     assert (sampler.num_beams, sampler.length_penalty, sampler.return_all_beams) == (5, 0.6, False)
@@ -267,6 +267,10 @@ def test_samplers_are_built_from_the_generation_section():
     (GenerationConfig(sampler="beem"), "valid: greedy, beam"),
     (GenerationConfig(sampler="beam", beam_width=0), "beam_width"),
     (GenerationConfig(sampler="beam", length_penalty=-1.0), "length_penalty"),
+    (GenerationConfig(sampler="top_k", top_k=0), "top_k"),
+    (GenerationConfig(sampler="top_p", top_p=0.0), "top_p"),
+    (GenerationConfig(sampler="top_p", top_p=1.5), "top_p"),
+    (GenerationConfig(sampler="top_k", temperature=0.0), "temperature"),
 ])
 def test_bad_generation_settings_are_config_errors(generation, message):
     with pytest.raises(ConfigError, match=message):
@@ -321,10 +325,57 @@ def test_bigram_blocking_bans_the_follower_of_an_earlier_prefix():
 
 
 def test_blocking_settings_reach_both_samplers_and_survive_get_config():
-    for sampler_name in ("greedy", "beam"):
+    for sampler_name in ("greedy", "beam", "top_k", "top_p"):
         sampler = build_sampler(GenerationConfig(sampler=sampler_name, no_repeat_ngram_size=3))
         assert sampler.no_repeat_ngram_size == 3
         assert type(sampler).from_config(sampler.get_config()).no_repeat_ngram_size == 3
     assert build_top_beams_sampler(GenerationConfig(no_repeat_ngram_size=3), top=2).no_repeat_ngram_size == 3
     with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
         build_sampler(GenerationConfig(no_repeat_ngram_size=-1))
+
+
+# ---- top-k and top-p sampling ---------------------------------------------------------
+
+# After <start>: 5 (0.5), 6 (0.3), 7 (0.2); each word then ends the caption.
+THREE_FIRST_WORDS = {START_ID: {W5: 0.5, W6: 0.3, W7: 0.2}, W5: {END_ID: 1.0}, W6: {END_ID: 1.0}, W7: {END_ID: 1.0}}
+
+
+def first_words(generation, rows=300):
+    """The first generated word of ``rows`` captions sampled from THREE_FIRST_WORDS."""
+    token_ids = decode(MarkovDecoder(THREE_FIRST_WORDS), build_sampler(generation), max_length=4,
+                       features=tf.zeros((rows, 1, 1)))
+    assert (token_ids[:, 2] == END_ID).all()
+    return token_ids[:, 1]
+
+
+@pytest.mark.parametrize("generation, allowed", [
+    (GenerationConfig(sampler="top_k", top_k=2), {W5, W6}),
+    (GenerationConfig(sampler="top_k", top_k=3), {W5, W6, W7}),
+    (GenerationConfig(sampler="top_p", top_p=0.6), {W5, W6}),  # 0.5 < 0.6: the nucleus needs 6 as well
+    (GenerationConfig(sampler="top_p", top_p=0.4), {W5}),
+], ids=["top_k=2", "top_k=3", "top_p=0.6", "top_p=0.4"])
+def test_sampling_draws_from_the_likeliest_words_only_and_from_all_of_them(generation, allowed):
+    words = first_words(generation)
+    assert set(words.tolist()) == allowed  # 300 draws: a missing word has probability below 1e-20
+    if generation.sampler == "top_k" and generation.top_k == 3:
+        assert 0.4 < np.mean(words == W5) < 0.6  # the model's own probability, 0.5
+
+
+def test_top_k_of_one_is_greedy_even_where_greedy_is_wrong():
+    sampled = decode(MarkovDecoder(GREEDY_IS_WRONG), build_sampler(GenerationConfig(sampler="top_k", top_k=1)))
+    assert up_to_end(sampled[0]) == up_to_end(decode(MarkovDecoder(GREEDY_IS_WRONG), greedy())[0])
+    assert up_to_end(sampled[0]) == [START_ID, W4, W8, END_ID]
+
+
+def test_the_seed_makes_samples_repeatable():
+    first = first_words(GenerationConfig(sampler="top_k", top_k=3, seed=7))
+    again = first_words(GenerationConfig(sampler="top_k", top_k=3, seed=7))
+    other = first_words(GenerationConfig(sampler="top_k", top_k=3, seed=8))
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+
+
+def test_sampling_also_blocks_repeated_trigrams():
+    sampler = build_sampler(GenerationConfig(sampler="top_k", top_k=1, no_repeat_ngram_size=3))
+    np.testing.assert_array_equal(up_to_end(decode(loop_decoder(), sampler, max_length=8)[0]),
+                                  [START_ID, 5, 6, 7, 5, 6, END_ID])
