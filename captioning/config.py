@@ -197,7 +197,7 @@ class GenerationConfig:
     # Beam search only: GNMT's alpha, ranking by log_prob / ((5 + length) / 6) ** alpha.
     # 0 ranks by the summed log-probability (plain beam search); ~0.6 favours longer captions.
     length_penalty: float = 0.0
-    # Greedy and beam: never repeat an n-gram of this many tokens within a caption (0: off).
+    # Every sampler: never repeat an n-gram of this many tokens within a caption (0: off).
     # 3 is the usual trigram blocking; it stops loops such as "a white shirt and a white
     # shirt" while "in a ... in a" (a repeated bigram) stays possible.
     no_repeat_ngram_size: int = 0

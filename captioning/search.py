@@ -5,7 +5,7 @@ The sampler calls ``next(prompt, cache, index)`` and expects the logits of the t
 so each step costs one decoder step, not a re-run of the prefix. keras-hub's BeamSampler
 repeats and reorders every tensor of the cache per beam, so the same step serves beams.
 
-Both samplers here can also refuse to repeat an n-gram (``generation.no_repeat_ngram_size``):
+Every sampler here can also refuse to repeat an n-gram (``generation.no_repeat_ngram_size``):
 the wrapped ``next`` sets to -1e9 the logit of any token that would complete an n-gram the
 row already holds (Paulus et al., 2018 block repeated trigrams in beam search), against
 LSTM captions such as "a man in a white shirt and a white shirt and a white shirt".
