@@ -231,6 +231,16 @@ class TrainingConfig:
     # by this factor, so training goes on from the best point in smaller steps instead of
     # wandering off it. 1 (default) keeps the rate fixed; 0.2 takes Adam's 1e-3 to 2e-4.
     learning_rate_decay: float = 1.0
+    # Self-critical sequence training (self_critical.py; Rennie et al. 2017): epochs after
+    # phase 1 in which the decoder samples self_critical_samples captions per image and
+    # learns from their CIDEr-D against the references, each caption's baseline being the
+    # mean reward of the image's other samples. 0 (default) skips the phase. Frozen
+    # encoders only (it trains on the cached features); the run keeps the last epoch.
+    self_critical_epochs: int = 0
+    # Adam's rate in that phase: small, since it starts from a trained decoder (Rennie et al.
+    # fine-tuned at 5e-5) and sampled-caption gradients are noisy.
+    self_critical_learning_rate: float = 5e-5
+    self_critical_samples: int = 5
     # Seeds Python, NumPy, TensorFlow and Keras so a run repeats.
     seed: int = 0
     # Which images decide early stopping and the best epoch: "val", or "train_tail" (the

@@ -48,6 +48,7 @@ from captioning.plots import plot_training_curves
 from captioning.precision import precision_policy
 from captioning.runs import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
                              RunError, config_differences, load_run_config)
+from captioning.self_critical import check_self_critical, train_self_critical
 from captioning.splits import check_splits, training_and_stopping_examples
 from captioning.validation import ValidationBleu
 from captioning.vocabulary import Vocabulary
@@ -338,6 +339,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     check_gradient_logging(config)
     check_fine_tuning(config)
     check_learning_rate_decay(config.training)
+    check_self_critical(config)
     strategy = build_strategy(config.training)  # first: "multi_worker" must exist before any TensorFlow op
     worker = current_worker(config.training)
     prepare_run_dir(config, run_dir)
@@ -369,12 +371,44 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
                                        learning_rate_decay=decay)
         model = train_phase_two(data, phase_one, model, phase_two, strategy, run_dir, verbose)
         phases.append((phase_two, config.training.fine_tune_learning_rate))
+    self_critical = None
+    if config.training.self_critical_epochs:
+        model, self_critical = self_critical_phase(data, model, run_dir, verbose)
     if not worker.is_chief:
         print(f"worker {worker.index}: training finished; the chief (worker 0) writes the weights and metrics")
         return {}
     export_model(config, model, vocabulary, run_dir / WEIGHTS_FILE)
     plot_training_curves(phases[-1][0].run_history, run_dir / "training_curves.png", title=config.name)
-    return evaluate_run(run_dir, training_facts(phases, model))
+    facts = training_facts(phases, model)
+    if self_critical is not None:
+        facts["self_critical"] = {"epochs": self_critical.state["epochs_done"],
+                                  "training_seconds": round(self_critical.state["training_seconds"], 1),
+                                  "learning_rate": config.training.self_critical_learning_rate,
+                                  "samples": config.training.self_critical_samples,
+                                  "history": self_critical.state["history"]}
+        facts["training_seconds"] = round(facts["training_seconds"] + self_critical.state["training_seconds"], 1)
+    return evaluate_run(run_dir, facts)
+
+
+def self_critical_phase(data: TrainingData, phase_model, run_dir: Path, verbose):
+    """The self-critical phase (self_critical.py) on the frozen encoder's cached features,
+    from phase 1's best decoder; returns its model and checkpoint."""
+    config = data.config
+    encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=False)
+    feature_shape = encoder.compute_output_shape((None, *image_shape(config)))[1:]  # (regions, channels)
+    encode = feature_encoder(config)
+
+    def features_for(examples, label):
+        return cached_features(config, [example.image_path for example in examples], label, encode, data.worker)
+
+    def validation_callback_for(stopping_features):
+        if config.training.validation_bleu_images <= 0:
+            return None
+        return validation_bleu(config, data.stopping_examples, stopping_features, data.reader, data.vocabulary)
+
+    with precision_policy(config.training):
+        return train_self_critical(data, phase_model, feature_shape, run_dir, features_for, validation_callback_for,
+                                   verbose)
 
 
 def training_facts(phases: list, model) -> dict:

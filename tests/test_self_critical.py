@@ -1,0 +1,146 @@
+"""Self-critical training: CIDEr-D per caption, the REINFORCE pieces with known answers, a
+learning check (the sampled reward rises), and the phase inside a tiny run (resumable)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from pycocoevalcap.cider.cider import Cider
+
+from captioning.cider import CiderD, ngram_counts
+from captioning.config import ConfigError
+from captioning.model import build_feature_model, compile_model
+from captioning.self_critical import (HISTORY_FILE, SelfCriticalTrainer, advantages, check_self_critical,
+                                      padded_after_end, policy_gradient_loss)
+from captioning.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
+from conftest import tiny_config
+
+REFERENCES = [
+    ["a dog runs on the grass", "a brown dog is running", "the dog runs across a field"],
+    ["two children play in the water", "kids splash in a pool", "two kids are swimming"],
+    ["a man rides a bike down the street", "a cyclist on a road", "a man on a bicycle"],
+    ["a dog jumps into the water", "a black dog swims", "a dog is in the lake"],
+]
+HYPOTHESES = ["a dog runs on a field", "two kids in the water", "a man rides a bicycle on the road", "a dog"]
+
+
+def test_ngram_counts_are_every_one_to_four_gram():
+    counts = ngram_counts("a dog a dog")
+    assert counts[("a",)] == 2 and counts[("a", "dog")] == 2 and counts[("dog", "a")] == 1
+    assert counts[("a", "dog", "a", "dog")] == 1 and sum(counts.values()) == 4 + 3 + 2 + 1
+
+
+def test_cider_d_equals_pycocoevalcap_when_the_corpus_is_the_scored_set():
+    """The same arithmetic as coco-caption's CIDEr-D: with its document frequencies taken from
+    the scored images' references, every per-image score matches."""
+    _, expected = Cider().compute_score({i: refs for i, refs in enumerate(REFERENCES)},
+                                        {i: [hypothesis] for i, hypothesis in enumerate(HYPOTHESES)})
+    scores = CiderD(REFERENCES).scores(HYPOTHESES, REFERENCES)
+    np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-12)
+    assert scores[0] > scores[3] > 0  # a closer caption scores higher
+
+
+def test_cider_d_document_frequencies_come_from_the_corpus_not_the_batch():
+    scorer = CiderD(REFERENCES)
+    alone = scorer.scores(HYPOTHESES[:1], REFERENCES[:1])
+    together = scorer.scores(HYPOTHESES, REFERENCES)
+    assert alone[0] == pytest.approx(together[0])
+    with pytest.raises(ValueError, match="2 captions for 1 reference sets"):
+        scorer.scores(HYPOTHESES[:2], REFERENCES[:1])
+
+
+def test_padded_after_end_keeps_the_end_token_and_pads_what_follows():
+    token_ids = np.array([[START_ID, 7, END_ID, 9, 9], [START_ID, 5, 6, 8, 4], [START_ID, END_ID, 5, END_ID, 6]])
+    np.testing.assert_array_equal(padded_after_end(token_ids), [[START_ID, 7, END_ID, PAD_ID, PAD_ID],
+                                                                [START_ID, 5, 6, 8, 4],
+                                                                [START_ID, END_ID, PAD_ID, PAD_ID, PAD_ID]])
+
+
+def test_each_advantage_is_the_reward_minus_the_mean_of_the_siblings():
+    rewards = np.array([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    np.testing.assert_allclose(advantages(rewards, 3), [1 - 2.5, 2 - 2.0, 3 - 1.5, 0, 0, 0])
+    with pytest.raises(ValueError, match="groups of 4"):
+        advantages(rewards, 4)
+
+
+def test_policy_gradient_loss_weights_log_probabilities_by_advantage_over_real_tokens():
+    logits = np.log(np.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]],
+                              [[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]]], dtype=np.float32))  # (2 rows, 2 steps, 3 tokens)
+    targets = np.array([[1, 1], [2, PAD_ID]], dtype=np.int32)  # row 1's second step is padding
+    advantage = np.array([2.0, -1.0], dtype=np.float32)
+    expected = -(2.0 * (np.log(0.25) + np.log(0.8)) - 1.0 * np.log(0.6)) / 3
+    assert float(policy_gradient_loss(logits, targets, advantage)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_self_critical_settings_that_cannot_run_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="frozen encoder"):
+        check_self_critical(tiny_config(tmp_path, "training.self_critical_epochs=1"))  # conv_stack trains
+    frozen = ["encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none", "training.self_critical_epochs=1"]
+    with pytest.raises(ConfigError, match="at least 2"):
+        check_self_critical(tiny_config(tmp_path, *frozen, "training.self_critical_samples=1"))
+    with pytest.raises(ConfigError, match="must be positive"):
+        check_self_critical(tiny_config(tmp_path, *frozen, "training.self_critical_learning_rate=0"))
+    check_self_critical(tiny_config(tmp_path, *frozen))
+
+
+def test_self_critical_steps_raise_the_reward_of_sampled_captions(tmp_path):
+    """Learning: every image's references are "red circle"; a random decoder samples random
+    words. After REINFORCE steps its samples score clearly higher CIDEr-D than before."""
+    keras.utils.set_random_seed(0)
+    vocabulary = Vocabulary.build(["red circle", "blue square", "green triangle small big"])
+    references = [["red circle"] * 3, ["blue square"] * 3]  # the corpus: two kinds of image
+    config = tiny_config(tmp_path, "decoder.name=attention", "decoder.max_length=6", "decoder.dropout=0")
+    model = build_feature_model(config, vocabulary.size, (4, 8))
+    compile_model(model, config.training, learning_rate=0.01)
+    model.optimizer.build(model.trainable_variables)
+    trainer = SelfCriticalTrainer(model, vocabulary, CiderD(references), samples=8, max_length=6, seed=3)
+    features = np.random.default_rng(0).normal(size=(8, 4, 8)).astype(np.float32)
+    targets = [references[0]] * 8
+
+    def mean_reward():
+        captions = [vocabulary.decode(row[1:]) for row in trainer.sample(features)]
+        return float(trainer.scorer.scores(captions, [refs for refs in targets for _ in range(8)]).mean())
+
+    before = mean_reward()
+    for _ in range(60):
+        trainer.train_batch(features, targets)
+    after = mean_reward()
+    assert after > before + 2.0, (before, after)
+
+
+def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monkeypatch):
+    """A tiny run: phase 1, then two self-critical epochs, interrupted after the first; the
+    second train() call resumes with epoch 2 only and the run records both."""
+    import captioning.self_critical as self_critical_module
+    from captioning.train import train
+
+    config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
+                         "decoder.name=attention", "training.epochs=1", "training.self_critical_epochs=2",
+                         "training.self_critical_samples=2", f"images.feature_cache_dir={tmp_path / 'features'}",
+                         "training.validation_bleu_images=8")
+    run_dir = tmp_path / "runs" / "scst"
+    real_save = self_critical_module.SelfCriticalCheckpoint.save
+
+    def save_then_stop(checkpoint, *args):
+        real_save(checkpoint, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(self_critical_module.SelfCriticalCheckpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, verbose=0)
+    state = json.loads((run_dir / "checkpoint" / "self_critical" / "state.json").read_text())
+    assert state["epochs_done"] == 1 and (run_dir / "checkpoint" / "self_critical" / state["weights_file"]).is_file()
+    first_epoch_weights = (run_dir / "checkpoint" / "self_critical" / state["weights_file"]).read_bytes()
+
+    monkeypatch.setattr(self_critical_module.SelfCriticalCheckpoint, "save", real_save)
+    metrics = train(config, run_dir, verbose=0)
+    history = (run_dir / HISTORY_FILE).read_text().splitlines()
+    assert history[0].split(",")[:3] == ["epoch", "reward", "val_bleu_4"] and len(history) == 3
+    assert metrics["self_critical"]["epochs"] == 2 and len(metrics["self_critical"]["history"]) == 2
+    assert (run_dir / "model.weights.h5").is_file()
+    state = json.loads((run_dir / "checkpoint" / "self_critical" / "state.json").read_text())
+    assert state["weights_file"] == "epoch-002.weights.h5"
+    assert first_epoch_weights != (run_dir / "checkpoint" / "self_critical" / state["weights_file"]).read_bytes()
