@@ -193,15 +193,15 @@ class SelfCriticalCheckpoint:
         write_text(self.history_path, buffer.getvalue())
 
 
-def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, features_for, validation_callback_for,
+def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, features_for, validation_callback,
                         verbose="auto"):
     """The self-critical phase after phase 1; returns (a feature model holding the last epoch's
     decoder, the phase's checkpoint).
 
     data: train.TrainingData; phase_model: phase 1's best model; feature_shape: (regions,
     channels) of the cached features; features_for(examples, label): those features
-    (images, regions, channels); validation_callback_for(stopping features): the greedy
-    validation BLEU-4 callback, or None.
+    (images, regions, channels); validation_callback(): the greedy validation BLEU-4
+    callback, or None.
     """
     config = data.config
     training = config.training
@@ -221,7 +221,7 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), training.self_critical_samples,
                                   config.decoder.max_length, seed=training.seed + epochs_done)
     train_features = features_for(data.train_examples, "train")  # (images, regions, channels)
-    callback = validation_callback_for(features_for(data.stopping_examples, "early stopping"))
+    callback = validation_callback()
     if callback is not None:
         callback.set_model(model)
     batch_size = training.batch_size

@@ -401,14 +401,14 @@ def self_critical_phase(data: TrainingData, phase_model, run_dir: Path, verbose)
     def features_for(examples, label):
         return cached_features(config, [example.image_path for example in examples], label, encode, data.worker)
 
-    def validation_callback_for(stopping_features):
+    def validation_callback():
         if config.training.validation_bleu_images <= 0:
             return None
-        return validation_bleu(config, data.stopping_examples, stopping_features, data.reader, data.vocabulary)
+        return validation_bleu(config, data.stopping_examples, features_for(data.stopping_examples, "early stopping"),
+                               data.reader, data.vocabulary)
 
     with precision_policy(config.training):
-        return train_self_critical(data, phase_model, feature_shape, run_dir, features_for, validation_callback_for,
-                                   verbose)
+        return train_self_critical(data, phase_model, feature_shape, run_dir, features_for, validation_callback, verbose)
 
 
 def training_facts(phases: list, model) -> dict:
