@@ -15,8 +15,6 @@ factor (step decay on plateau); the state records the rate, so a resumed run kee
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 import keras
 
 from captioning.runs import RunError
-from captioning.files import atomic_path, write_json, write_text
+from captioning.files import atomic_path, write_csv_rows, write_json
 
 STATE_FILE = "state.json"
 
@@ -156,10 +154,4 @@ class TrainingCheckpoint(keras.callbacks.Callback):
               f"{learning_rate:.3g} -> {self.state['learning_rate']:.3g}")
 
     def _write_history(self):
-        rows = self.run_history
-        columns = list(dict.fromkeys(column for row in rows for column in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(self.history_path, buffer.getvalue())
+        write_csv_rows(self.history_path, self.run_history)

@@ -11,9 +11,9 @@ Rennie et al. 2017 and their public code do), and each caption is scored alone:
 
 The arithmetic is pycocoevalcap's ``CiderScorer`` (CIDEr-D: tf-idf vectors of 1..4-grams,
 hypothesis weights clipped to the reference's, Gaussian length penalty with sigma 6, mean
-cosine over n-gram orders and references, times 10); tests/test_cider.py checks that both
+cosine over n-gram orders and references, times 10); tests/test_self_critical.py checks that both
 give the same numbers when the corpus is the scored set itself. Captions are
-space-separated words (``vocabulary.words`` joined), as everywhere else.
+space-separated words (``vocabulary.spaced_words``), as everywhere else.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-from captioning.vocabulary import words
+from captioning.vocabulary import spaced_words
 
 # The whole METEOR call: about 10 s to start plus ~20 ms per image (2-core CPU), so 1800 s
 # covers any COCO split; only a hung java process gets near it.
@@ -83,10 +83,10 @@ def coco_inputs(references: list[list[str]], hypotheses: list[str]) -> CocoInput
     if any(not image_references for image_references in references):
         raise ValueError("every image needs at least one reference caption")
     references_by_image = {
-        image: [" ".join(words(reference)) for reference in image_references]
+        image: [spaced_words(reference) for reference in image_references]
         for image, image_references in enumerate(references)
     }
-    hypothesis_by_image = {image: [" ".join(words(hypothesis))] for image, hypothesis in enumerate(hypotheses)}
+    hypothesis_by_image = {image: [spaced_words(hypothesis)] for image, hypothesis in enumerate(hypotheses)}
     return references_by_image, hypothesis_by_image
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -41,3 +43,12 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, value) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_csv_rows(path: str | Path, rows: list[dict]) -> None:
+    """A CSV of ``rows`` whose columns are every key of any row, in the order first seen."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(column for row in rows for column in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -28,8 +28,6 @@ at its last finished epoch.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from pathlib import Path
@@ -43,11 +41,11 @@ from keras import ops
 from captioning.cider import CiderD
 from captioning.config import ConfigError, ExperimentConfig
 from captioning.features import encoder_is_frozen
-from captioning.files import atomic_path, write_json, write_text
+from captioning.files import atomic_path, write_csv_rows, write_json
 from captioning.model import build_feature_model, compile_model
 from captioning.runs import CHECKPOINT_DIR, RunError
 from captioning.search import generate_token_ids
-from captioning.vocabulary import END_ID, PAD_ID, Vocabulary, words
+from captioning.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
 
 SELF_CRITICAL_DIR = "self_critical"  # inside checkpoint/
 STATE_FILE = "state.json"
@@ -146,11 +144,6 @@ class SelfCriticalTrainer:
         return float(rewards.mean())
 
 
-def tokenized(captions) -> list[str]:
-    """Captions as the metrics see them: ``vocabulary.words`` joined by spaces."""
-    return [" ".join(words(caption)) for caption in captions]
-
-
 class SelfCriticalCheckpoint:
     """checkpoint/self_critical/: the last finished epoch's weights (optimizer slots
     included) and state.json naming them, written last."""
@@ -186,11 +179,7 @@ class SelfCriticalCheckpoint:
         write_json(self.folder / STATE_FILE, self.state)
         if previous and previous != weights_file:
             (self.folder / previous).unlink(missing_ok=True)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in self.state["history"] for key in row)))
-        writer.writeheader()
-        writer.writerows(self.state["history"])
-        write_text(self.history_path, buffer.getvalue())
+        write_csv_rows(self.history_path, self.state["history"])
 
 
 def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, features_for, validation_callback,
@@ -217,7 +206,7 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     print(f"self-critical phase: {training.self_critical_epochs - epochs_done} epoch(s) of "
           f"{training.self_critical_samples} sampled captions per image, CIDEr-D reward, learning rate "
           f"{training.self_critical_learning_rate}" + (f"; resuming after epoch {epochs_done}" if epochs_done else ""))
-    references = [tokenized(example.captions) for example in data.train_examples]
+    references = [[spaced_words(caption) for caption in example.captions] for example in data.train_examples]
     trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), training.self_critical_samples,
                                   config.decoder.max_length, seed=training.seed + epochs_done)
     train_features = features_for(data.train_examples, "train")  # (images, regions, channels)

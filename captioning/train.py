@@ -124,6 +124,13 @@ def feature_encoder(config: ExperimentConfig, encoder=None):
     return encode
 
 
+def frozen_feature_shape(config: ExperimentConfig) -> tuple[int, int]:
+    """(regions, channels) of the frozen encoder's cached features, from a backbone built
+    without its weights."""
+    encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=False)
+    return encoder.compute_output_shape((None, *image_shape(config)))[1:]
+
+
 def cached_features(config: ExperimentConfig, paths: list[str], label: str, encode=None,
                     worker: Worker = Worker()) -> np.ndarray:
     """(images, regions, channels) float16 features of a frozen encoder, from the feature cache.
@@ -261,9 +268,7 @@ def train_phase_one(data: TrainingData, checkpoint: TrainingCheckpoint, strategy
     frozen = encoder_is_frozen(config.encoder)
     with strategy.scope(), precision_policy(config.training):
         if frozen:
-            encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=False)
-            feature_shape = encoder.compute_output_shape((None, *image_shape(config)))[1:]  # (regions, channels)
-            model = build_feature_model(config, data.vocabulary.size, feature_shape)
+            model = build_feature_model(config, data.vocabulary.size, frozen_feature_shape(config))
         else:
             model = build_model(config, data.vocabulary.size)
         compile_model(model, config.training)
@@ -394,8 +399,6 @@ def self_critical_phase(data: TrainingData, phase_model, run_dir: Path, verbose)
     """The self-critical phase (self_critical.py) on the frozen encoder's cached features,
     from phase 1's best decoder; returns its model and checkpoint."""
     config = data.config
-    encoder = build_encoder(config.encoder, image_shape(config), load_pretrained=False)
-    feature_shape = encoder.compute_output_shape((None, *image_shape(config)))[1:]  # (regions, channels)
     encode = feature_encoder(config)
 
     def features_for(examples, label):
@@ -408,7 +411,8 @@ def self_critical_phase(data: TrainingData, phase_model, run_dir: Path, verbose)
                                data.reader, data.vocabulary)
 
     with precision_policy(config.training):
-        return train_self_critical(data, phase_model, feature_shape, run_dir, features_for, validation_callback, verbose)
+        return train_self_critical(data, phase_model, frozen_feature_shape(config), run_dir, features_for,
+                                   validation_callback, verbose)
 
 
 def training_facts(phases: list, model) -> dict:

@@ -28,6 +28,11 @@ def words(text: str) -> list[str]:
     return _NOT_WORD.sub(" ", text.lower()).split()
 
 
+def spaced_words(text: str) -> str:
+    """``"A dog, running!"`` -> ``"a dog running"``: the caption text the COCO metrics and CIDEr-D score."""
+    return " ".join(words(text))
+
+
 class Vocabulary:
     """A fixed word list; ids follow SPECIAL_TOKENS then words by falling count."""
 
