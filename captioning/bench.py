@@ -13,6 +13,12 @@ step) is excluded from every timing, and each timing is the best of ``repeats`` 
 | batched_beam_speedup | beam-3 generation for 64 images one at a time / the same 64 as one batch (time over time) | >= 8 |
 | cache_vs_decode_speedup | decoding + resizing + normalizing 500 JPEGs / loading them from the normalized-image cache | >= 3 |
 | training_peak_memory_gb | peak resident memory (10^9 bytes) of a child process training the Flickr8k experiment's decoder on a Flickr8k-sized feature cache | < 3 |
+| rnn_epoch_seconds | one epoch of the shipped rnn decoder (flickr8k_mobilenet_lstm.toml) on 6,000 synthetic Flickr8k-shaped images x 5 captions (decoder_bench.py) | <= 45 |
+| attention_epoch_seconds | the same for the shipped attention recipe (flickr8k_attention_scst.toml) | <= 90 |
+| attention_flops_utilization | the attention training step's FLOP rate (FLOPs counted from the layer sizes, decoder_bench.py) / a float32 (1024 x 1536) @ (1536 x 2048) matmul's, both measured in the run | >= 0.4 |
+
+Speed differs between machines of one kind by up to about 2x: the run prints this
+machine's matmul rate beside the figures (``details.attention_flops_utilization``).
 
 The experiment is experiments/flickr8k_mobilenet_lstm.toml with ``encoder.weights=none``:
 random weights cost exactly what ImageNet weights cost, so no weights file is needed. The
@@ -51,6 +57,9 @@ TARGETS = {
     "batched_beam_speedup": ("beam 3 generation: 64 images batched / one at a time", ">=", 8.0, "x"),
     "cache_vs_decode_speedup": ("500 images: normalized cache / JPEG decode + resize", ">=", 3.0, "x"),
     "training_peak_memory_gb": ("peak memory, Flickr8k decoder on cached features", "<", 3.0, " GB"),
+    "rnn_epoch_seconds": ("rnn decoder: one Flickr8k-sized epoch (decoder_bench.py)", "<=", 45.0, " s"),
+    "attention_epoch_seconds": ("attention decoder: one Flickr8k-sized epoch", "<=", 90.0, " s"),
+    "attention_flops_utilization": ("attention step FLOP rate / this machine's matmul rate", ">=", 0.4, "x"),
 }
 
 
@@ -71,16 +80,21 @@ class BenchSizes:
     memory_steps: int  # 5: training steps of the memory child
     vocabulary_words: int
     repeats: int  # each timing is the best of this many runs
+    decoder_images: int  # 6-8: images of the synthetic Flickr8k (decoder_bench.py)
+    decoder_timed_steps: int  # 6-8: steps timed per decoder (after warm-up steps) and scaled to the epoch
+    decoder_warmup_steps: int
     overrides: tuple[str, ...] = ()  # config overrides on top of the experiment
 
 
 FULL = BenchSizes(image_size=224, photo_size=SYNTHETIC_PHOTO_SIZE, extraction_images=256, extraction_batch=32,
                   training_batch=16, cached_steps=30, full_steps=3, generation_images=64, cache_images=500,
-                  memory_images=6000, memory_steps=200, vocabulary_words=2500, repeats=2)
+                  memory_images=6000, memory_steps=200, vocabulary_words=2500, repeats=2, decoder_images=6000,
+                  decoder_timed_steps=40, decoder_warmup_steps=4)
 # For the test suite: every code path in seconds; its numbers mean nothing.
 QUICK = BenchSizes(image_size=32, photo_size=(48, 40), extraction_images=8, extraction_batch=4, training_batch=4,
                    cached_steps=2, full_steps=1, generation_images=4, cache_images=10, memory_images=40,
-                   memory_steps=3, vocabulary_words=30, repeats=1,
+                   memory_steps=3, vocabulary_words=30, repeats=1, decoder_images=48, decoder_timed_steps=2,
+                   decoder_warmup_steps=1,
                    overrides=("decoder.units=16", "decoder.embedding_dim=8", "decoder.max_length=6"))
 
 
@@ -406,9 +420,30 @@ def memory_child(spec_path: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def measure_decoder_epochs(sizes: BenchSizes, work: Path, details: dict) -> None:
+    """6-8. Epoch seconds of both shipped Flickr8k decoders on synthetic Flickr8k-shaped data,
+    and the attention step's FLOP rate over this machine's matmul rate (decoder_bench.py).
+    Fills ``details`` with one entry per key."""
+    from captioning.decoder_bench import matmul_flops_per_second, measure_decoder_epoch
+
+    matmul_rate = matmul_flops_per_second()
+    print(f"bench: this machine's float32 matmul rate: {matmul_rate / 1e9:.1f} GFLOP/s", flush=True)
+    for name in ("rnn", "attention"):
+        print(f"bench: {TARGETS[f'{name}_epoch_seconds'][0]} ...", flush=True)
+        details[f"{name}_epoch_seconds"] = measure_decoder_epoch(
+            name, work, sizes.decoder_images, sizes.decoder_timed_steps, sizes.decoder_warmup_steps,
+            sizes.vocabulary_words, sizes.overrides)
+    attention = details["attention_epoch_seconds"]
+    details["attention_flops_utilization"] = {
+        "step_gflop_per_second": attention["step_flops_per_second"] / 1e9,
+        "matmul_gflop_per_second": matmul_rate / 1e9, "matmul_shape": "(1024 x 1536) @ (1536 x 2048) float32"}
+
+
 def meets_target(key: str, value: float) -> bool:
     _, comparison, target, _ = TARGETS[key]
-    return value >= target if comparison == ">=" else value < target
+    if comparison == ">=":
+        return value >= target
+    return value <= target if comparison == "<=" else value < target
 
 
 def format_table(results: dict) -> str:
@@ -421,7 +456,7 @@ def format_table(results: dict) -> str:
 
 
 def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, work_dir=None) -> dict:
-    """Runs the five measurements; prints the table and returns (and writes to ``out``) the JSON."""
+    """Runs the eight measurements; prints the table and returns (and writes to ``out``) the JSON."""
     from captioning.files import write_json
 
     from captioning.config import load_config
@@ -450,6 +485,11 @@ def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, 
             step_started = time.perf_counter()
             results[key], details[key] = measure()
             details[key]["seconds"] = round(time.perf_counter() - step_started, 1)
+        measure_decoder_epochs(sizes, work, details)
+        results["rnn_epoch_seconds"] = details["rnn_epoch_seconds"]["epoch_seconds"]
+        results["attention_epoch_seconds"] = details["attention_epoch_seconds"]["epoch_seconds"]
+        utilization = details["attention_flops_utilization"]
+        results["attention_flops_utilization"] = utilization["step_gflop_per_second"] / utilization["matmul_gflop_per_second"]
     report = {**{key: float(value) for key, value in results.items()},
               "targets": {key: f"{comparison} {target:g}" for key, (_, comparison, target, _) in TARGETS.items()},
               "quick": quick, "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - started, 1),

@@ -81,7 +81,7 @@ class Captioner:
     def attention_maps(self, path: str) -> AttentionMaps:
         """Captions one image with the run's sampler, then reruns the decoder on that caption
         (teacher forcing gives the same steps) to read each word's attention weights."""
-        if self.config.decoder.name != "attention":
+        if not self.model.decoder.has_attention:
             raise ConfigError(f"decoder.name is '{self.config.decoder.name}': no attention to show "
                               "(train with decoder.name=attention)")
         with self.reader.reporting_errors():

@@ -178,7 +178,7 @@ def inspect_image(image_path: str | Path, out_dir: str | Path, config: Experimen
     for number, (name, feature_map) in enumerate(feature_maps):
         feature_map = np.asarray(feature_map)[0]  # (height, width, channels)
         written.append(plot_feature_map(name, feature_map, out_dir / f"features_{number}_{name}.png", caption, source))
-    if captioner is not None and config.decoder.name == "attention":
+    if captioner is not None and captioner.model.decoder.has_attention:
         maps = captioner.attention_maps(image_path)
         plot_attention(maps.image, maps.words, maps.attention, out_dir / "attention.png", title=maps.caption)
         written.append(out_dir / "attention.png")

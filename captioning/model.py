@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from keras import ops, tree
+from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
 
 from captioning.config import ExperimentConfig, TrainingConfig
 from captioning.decoders import build_decoder
@@ -32,21 +33,62 @@ class CaptionModel(keras.Model):
 
     def call(self, inputs, training=None):
         captions = inputs["captions"]
+        outputs, _ = self.sequence_outputs(inputs, training=training)  # (batch * captions, length, width)
+        logits = self.decoder.output_logits(outputs, training=training)  # (batch * captions, length, vocab)
+        return ops.reshape(logits, (-1, ops.shape(captions)[1], ops.shape(captions)[2], self.decoder.vocab_size))
+
+    def sequence_outputs(self, inputs, training=None):
+        """The decoder's per-token outputs before its output layer, (batch * captions, length, width),
+        and its attention (or None). The encoder and the decoder's per-image work run once per image."""
+        captions = inputs["captions"]
         if self.encoder is None:
             features = inputs["features"]  # (batch, regions, channels), precomputed
         else:
             features = self.encoder(inputs["images"], training=training)  # (batch, regions, channels)
-        captions_per_image, length = ops.shape(captions)[1], ops.shape(captions)[2]
-        features = ops.repeat(features, captions_per_image, axis=0)  # (batch * captions, regions, channels)
-        token_ids = ops.reshape(captions, (-1, length))  # (batch * captions, length)
-        logits = self.decoder((features, token_ids), training=training)  # (batch * captions, length, vocab)
-        return ops.reshape(logits, (-1, captions_per_image, length, self.decoder.vocab_size))
+        token_ids = ops.reshape(captions, (-1, ops.shape(captions)[2]))  # (batch * captions, length)
+        return self.decoder((features, token_ids), training=training, captions_per_image=ops.shape(captions)[1],
+                            output_layer=False)
+
+    def token_loss(self, inputs, targets, training=False):
+        """Mean cross-entropy over the real (non-padding) target tokens, plus the decoder's own
+        losses (the attention penalty). The output layer runs on the real tokens alone:
+        about 45 % of Flickr8k's padded positions are padding. Under XLA (jit_compile), whose
+        shapes must be static, it runs on every position and padding is masked instead."""
+        outputs, _ = self.sequence_outputs(inputs, training=training)  # (rows, length, width)
+        targets = ops.reshape(targets, (-1,))  # (rows * length,)
+        outputs = ops.reshape(outputs, (-1, ops.shape(outputs)[-1]))  # (rows * length, width)
+        real = ops.not_equal(targets, PAD_ID)
+        if self.jit_compile:
+            logits = self.decoder.output_logits(outputs, training=training)  # (rows * length, vocab)
+            token_losses = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+            weights = ops.cast(real, token_losses.dtype)
+            loss = ops.sum(token_losses * weights) / ops.maximum(ops.sum(weights), 1.0)
+        else:
+            logits = self.decoder.output_logits(tf.boolean_mask(outputs, real), training=training)  # (real, vocab)
+            loss = ops.mean(keras.losses.sparse_categorical_crossentropy(tf.boolean_mask(targets, real), logits,
+                                                                         from_logits=True))
+        for extra in self.decoder.losses:  # the decoder's call (inside sequence_outputs) clears and sets them
+            loss = loss + ops.cast(extra, loss.dtype)
+        return loss
 
     def train_step(self, data):
-        return self._logs_for_several_workers(super().train_step(data))
+        """Keras' TensorFlow train_step with ``token_loss`` in place of call + compiled loss."""
+        inputs, targets = data[0], data[1]
+        with tf.GradientTape() as tape:
+            loss = scale_loss_for_distribution(self.token_loss(inputs, targets, training=True))
+            self._loss_tracker.update_state(unscale_loss_for_distribution(loss),
+                                            sample_weight=ops.shape(inputs["captions"])[0])
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self._logs_for_several_workers(self.get_metrics_result())
 
     def test_step(self, data):
-        return self._logs_for_several_workers(super().test_step(data))
+        inputs, targets = data[0], data[1]
+        loss = scale_loss_for_distribution(self.token_loss(inputs, targets, training=False))
+        self._loss_tracker.update_state(unscale_loss_for_distribution(loss),
+                                        sample_weight=ops.shape(inputs["captions"])[0])
+        return self._logs_for_several_workers(self.get_metrics_result())
 
     def _logs_for_several_workers(self, logs: dict) -> dict:
         """Under MultiWorkerMirroredStrategy with several workers, Keras 3 averages each step's
@@ -139,5 +181,6 @@ def compile_model(model: CaptionModel, training: TrainingConfig, learning_rate: 
     Under mixed precision Keras wraps the optimizer in a LossScaleOptimizer here (the
     model's dtype policy was set when it was built, see precision.py).
     """
+    model.decoder.unroll = training.jit_compile  # XLA differentiates only an unrolled time loop
     model.compile(optimizer=keras.optimizers.Adam(learning_rate or training.learning_rate, clipnorm=5.0), loss=masked_loss(),
                   jit_compile=training.jit_compile)

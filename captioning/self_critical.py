@@ -44,7 +44,7 @@ from captioning.features import encoder_is_frozen
 from captioning.files import atomic_path, write_csv_rows, write_json
 from captioning.model import build_feature_model, compile_model
 from captioning.runs import CHECKPOINT_DIR, RunError
-from captioning.search import generate_token_ids
+from captioning.search import forbid_special_tokens, generate_token_ids
 from captioning.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
 
 SELF_CRITICAL_DIR = "self_critical"  # inside checkpoint/
@@ -103,6 +103,12 @@ def policy_gradient_loss(logits, targets, advantage):
     return -ops.sum(weighted) / ops.maximum(ops.sum(mask), 1.0)
 
 
+def sampling_logits(logits):
+    """(..., vocab) logits -> the logits the sampler draws from (search.forbid_special_tokens)."""
+    flat = forbid_special_tokens(ops.reshape(logits, (-1, ops.shape(logits)[-1])))
+    return ops.reshape(flat, ops.shape(logits))
+
+
 class SelfCriticalTrainer:
     """One REINFORCE step per batch of images for the decoder of ``model`` (a compiled
     feature model: encoder None, its optimizer at the phase's learning rate)."""
@@ -122,13 +128,19 @@ class SelfCriticalTrainer:
         return generate_token_ids(self.model.decoder, repeated, self.max_length, self.sampler)  # (batch * samples, max_length)
 
     def _step_eager(self, features, token_ids, advantage):
-        repeated = ops.repeat(features, self.samples, axis=0)  # (batch * samples, regions, channels)
         variables = self.model.decoder.trainable_variables
         with tf.GradientTape() as tape:
-            logits = self.model.decoder((repeated, token_ids[:, :-1]), training=True)  # (rows, max_length - 1, vocab)
-            loss = policy_gradient_loss(logits, token_ids[:, 1:], advantage)
+            loss = policy_gradient_loss(self.policy_logits(features, token_ids), token_ids[:, 1:], advantage)
         self.model.optimizer.apply(tape.gradient(loss, variables), variables)
         return loss
+
+    def policy_logits(self, features, token_ids):
+        """features (batch, regions, channels), token_ids (batch * samples, max_length) ->
+        (batch * samples, max_length - 1, vocab): the logits of the policy that sampled the
+        captions, with dropout off (training=False) and the special tokens the sampler never
+        emits masked out. With dropout on, the gradient would belong to another policy."""
+        logits = self.model.decoder((features, token_ids[:, :-1]), training=False, captions_per_image=self.samples)
+        return sampling_logits(logits)
 
     def sample(self, features) -> np.ndarray:
         """features (batch, regions, channels) -> (batch * samples, max_length) ids, <pad> after <end>."""

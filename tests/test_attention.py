@@ -15,7 +15,7 @@ from PIL import Image
 from captioning.captioner import Captioner
 from captioning.cli import main
 from captioning.config import ConfigError, DecoderConfig, GenerationConfig, load_config, to_dict
-from captioning.decoders import CELLS, AttentionDecoder, build_decoder
+from captioning.decoders import CELL_CLASSES, AttentionDecoder, build_decoder
 from captioning.model import build_model
 from captioning.search import CaptionBeamSampler, build_sampler, forbid_special_tokens, generate_token_ids
 from captioning.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
@@ -36,7 +36,7 @@ def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
     return random_decoder_inputs(VOCAB_SIZE, batch, regions, channels, length, seed)
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_a_caption_length_known_only_at_run_time_gives_the_same_logits(cell):
     """A known length is unrolled step by step (XLA needs it); an unknown one runs as keras'
     scan (a graph while loop). Both are the same recurrence."""
@@ -51,7 +51,7 @@ def test_a_caption_length_known_only_at_run_time_gives_the_same_logits(cell):
     np.testing.assert_allclose(scanned_attention, unrolled_attention, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 @pytest.mark.parametrize("gate", [True, False])
 def test_logits_and_attention_shapes(cell, gate):
     decoder = make_decoder(cell, gate=gate)
@@ -63,7 +63,7 @@ def test_logits_and_attention_shapes(cell, gate):
     assert tuple(attention.shape) == (3, 7, 4)  # (batch, length, regions)
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_attention_weights_sum_to_one_at_every_step(cell):
     decoder = make_decoder(cell)
     features, token_ids = decoder_inputs()
@@ -72,7 +72,7 @@ def test_attention_weights_sum_to_one_at_every_step(cell):
     np.testing.assert_allclose(np.sum(attention, axis=-1), np.ones((3, 7)), atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 @pytest.mark.parametrize("gate", [True, False])
 def test_step_by_step_equals_teacher_forcing(cell, gate):
     """Generation's logits and attention weights are training's, position by position."""
@@ -103,7 +103,7 @@ def test_features_are_projected_once_per_sequence():
     assert len(calls) == 2  # once for the whole sequence, once in initial_state, none per step
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_serialization_round_trip(cell):
     decoder = make_decoder(cell, dropout=0.2, gate=False, regularization=0.5)
     features, token_ids = decoder_inputs()
@@ -116,7 +116,7 @@ def test_serialization_round_trip(cell):
     assert (restored.attention_gate, restored.attention_regularization, restored.attention_units) == (False, 0.5, 5)
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_every_weight_gets_a_gradient(cell):
     decoder = make_decoder(cell, dropout=0.1)
     features, token_ids = decoder_inputs()
@@ -193,7 +193,7 @@ def test_greedy_decoding_follows_the_decoders_own_argmax():
         np.testing.assert_array_equal(np.argmax(logits[row, :length], axis=-1), generated[:length])
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_beam_search_with_width_two_scores_each_beam_by_its_own_image(cell):
     """Every beam's score must be the teacher-forced log-probability of its tokens, given
     its own image's features: the cached features and their projection follow the beams."""

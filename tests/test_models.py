@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from captioning.config import DecoderConfig, EncoderConfig
-from captioning.decoders import CELLS, DECODERS, build_decoder
+from captioning.decoders import CELL_CLASSES, DECODERS, STATES_PER_CELL as STATES, build_decoder
+from captioning.recurrence import input_gates, recurrent_update
 from captioning.encoders import ENCODERS, EncoderWeightsError, build_encoder, normalization_for
 from captioning.images import NORMALIZATIONS
 from conftest import random_decoder_inputs
@@ -148,8 +149,10 @@ VOCAB_SIZE = 11
 
 # "rnn+image": the rnn decoder with the image normalized and fed beside every word;
 # "attention+image": the attention decoder with every region normalized
+# "+wide": the wide output layer instead of the deep one
 DECODER_VARIANTS = {**{name: {} for name in DECODERS}, "rnn+image": {"image_norm": True, "image_every_step": True},
-                    "attention+image": {"image_norm": True}}
+                    "attention+image": {"image_norm": True}, "rnn+wide": {"output_layer": "wide"},
+                    "attention+wide": {"output_layer": "wide"}}
 
 
 def make_decoder(cell, pooling="mean", dropout=0.0, name="rnn"):
@@ -168,7 +171,7 @@ def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
     return random_decoder_inputs(VOCAB_SIZE, batch, regions, channels, length, seed)
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 @pytest.mark.parametrize("pooling", ["mean", "flatten"])
 @pytest.mark.parametrize("name", ["rnn", "rnn+image"])
 def test_decoder_logits_shape(cell, pooling, name):
@@ -183,14 +186,47 @@ def test_image_every_step_makes_every_position_depend_on_the_image():
     decoder = make_decoder("lstm", name="rnn+image")
     features, token_ids = decoder_inputs()
     decoder((features, token_ids))
-    state, image_input = decoder.encode_image(features)
-    other_image_input = decoder.encode_image(np.roll(features, 1, axis=0))[1]  # each row another image
-    assert image_input is not None and tuple(image_input.shape) == (3, 6)
-    embedded = decoder.embedding(token_ids)
-    same_start = decoder.rnn(decoder.rnn_inputs(embedded, image_input), initial_state=state)[0]
-    other_image = decoder.rnn(decoder.rnn_inputs(embedded, other_image_input), initial_state=state)[0]
-    assert np.all(np.abs(np.asarray(same_start) - np.asarray(other_image)).max(axis=-1) > 1e-6)
-    assert make_decoder("lstm").encode_image(features)[1] is None  # off by default
+    memory = decoder.image_memory(features)
+    other = decoder.image_memory(np.roll(features, 1, axis=0))  # each row another image
+    assert tuple(memory["image"].shape) == (3, 6)
+    same_start, _ = decoder.recur(memory, token_ids)
+    other_image, _ = decoder.recur({**memory, "image": other["image"]}, token_ids)
+    assert np.all(np.abs(np.asarray(same_start) - np.asarray(other_image))[:, :, :8].max(axis=-1) > 1e-6)
+    assert "image" not in make_decoder("lstm").image_memory(features)  # off by default
+
+
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
+def test_hoisted_recurrence_equals_the_keras_cell(cell):
+    """recurrence.py: the input half of the matmul taken out of the loop, the rest per
+    step, gives exactly what the Keras cell's own call gives (known answer: the cell)."""
+    keras_cell = CELL_CLASSES[cell](8)
+    keras_cell.build((None, 5))
+    rng = np.random.default_rng(0)
+    for weight in keras_cell.weights:  # non-zero biases, so every bias term is checked
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    inputs = rng.normal(size=(4, 3, 5)).astype("float32")  # (batch, steps, width)
+    state = [tf.constant(rng.normal(size=(4, 8)).astype("float32")) for _ in range(STATES[cell])]
+    expected_state, state_by_hand = list(state), list(state)
+    gates = input_gates(keras_cell, inputs[:, :, :2]) + input_gates(keras_cell, inputs[:, :, 2:], first_row=2,
+                                                                       bias=False)  # (batch, steps, gates)
+    for step in range(3):
+        expected_hidden, expected_state = keras_cell(inputs[:, step], expected_state)
+        hidden, state_by_hand = recurrent_update(keras_cell, gates[:, step], state_by_hand)
+        np.testing.assert_allclose(hidden, expected_hidden, rtol=1e-5, atol=1e-6)
+        for mine, theirs in zip(state_by_hand, expected_state):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_per_image_work_runs_once_and_matches_repeated_features(decoder_name):
+    """captions_per_image=C: the decoder's per-image work on each image once, repeated per
+    caption, gives the logits of the features repeated C times beforehand."""
+    decoder = make_decoder("lstm", name=decoder_name)
+    features, _ = decoder_inputs(batch=2)
+    _, token_ids = decoder_inputs(batch=6, seed=1)  # 3 captions per image, an image's captions adjacent
+    repeated = np.repeat(features, 3, axis=0)
+    expected = decoder((repeated, token_ids), training=False)
+    np.testing.assert_allclose(decoder((features, token_ids), training=False, captions_per_image=3), expected,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_attention_image_norm_ignores_each_regions_scale_and_offset():
@@ -204,7 +240,7 @@ def test_attention_image_norm_ignores_each_regions_scale_and_offset():
     assert np.abs(np.asarray(plain((rescaled, token_ids))) - np.asarray(plain((features, token_ids)))).max() > 2e-2
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_decoder_step_by_step_equals_the_whole_sequence(cell, decoder_name):
     """Generation (one token at a time, state carried) must see what training saw."""
     decoder = make_decoder(cell, name=decoder_name)
@@ -216,7 +252,7 @@ def test_decoder_step_by_step_equals_the_whole_sequence(cell, decoder_name):
         np.testing.assert_allclose(logits, expected[:, position], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_decoder_serialization_round_trip(cell, decoder_name):
     decoder = make_decoder(cell, pooling="flatten", dropout=0.2, name=decoder_name)
     features, token_ids = decoder_inputs()
@@ -228,7 +264,7 @@ def test_decoder_serialization_round_trip(cell, decoder_name):
     assert restored.get_config() == decoder.get_config()
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_every_decoder_weight_gets_a_gradient(cell, decoder_name):
     decoder = make_decoder(cell, pooling="flatten", name=decoder_name)
     features, token_ids = decoder_inputs()

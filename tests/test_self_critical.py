@@ -13,7 +13,8 @@ from pycocoevalcap.cider.cider import Cider
 from captioning.cider import CiderD, ngram_counts
 from captioning.config import ConfigError
 from captioning.model import build_feature_model, compile_model
-from captioning.self_critical import (HISTORY_FILE, SelfCriticalTrainer, advantages, check_self_critical,
+from captioning.search import forbid_special_tokens
+from captioning.self_critical import (HISTORY_FILE, SelfCriticalTrainer, advantages, check_self_critical, sampling_logits,
                                       padded_after_end, policy_gradient_loss)
 from captioning.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
 from conftest import tiny_config
@@ -109,6 +110,27 @@ def test_self_critical_steps_raise_the_reward_of_sampled_captions(tmp_path):
         trainer.train_batch(features, targets)
     after = mean_reward()
     assert after > before + 2.0, (before, after)
+
+
+def test_the_gradient_uses_the_policy_that_sampled_the_captions(tmp_path):
+    """On-policy: with dropout 0.5 in the decoder, the log-probabilities the loss weights
+    are the sampler's own (a step at a time, dropout off, special tokens masked). With
+    training=True or without the mask they differ (the fix of issue 21)."""
+    keras.utils.set_random_seed(0)
+    vocabulary = Vocabulary.build(["red circle", "blue square", "green triangle small big"])
+    config = tiny_config(tmp_path, "decoder.name=attention", "decoder.max_length=6", "decoder.dropout=0.5")
+    model = build_feature_model(config, vocabulary.size, (4, 8))
+    trainer = SelfCriticalTrainer(model, vocabulary, CiderD([["red circle"]]), samples=3, max_length=6, seed=1)
+    features = np.random.default_rng(0).normal(size=(2, 4, 8)).astype(np.float32)
+    token_ids = trainer.sample(features)  # (6, 6)
+    policy = keras.ops.log_softmax(trainer.policy_logits(features, token_ids), axis=-1)  # (6, 5, vocab)
+    cache = model.decoder.initial_cache(np.repeat(features, 3, axis=0))
+    for position in range(5):
+        logits, cache = model.decoder.step_cache(token_ids[:, position], cache)
+        sampler = keras.ops.log_softmax(forbid_special_tokens(logits), axis=-1)
+        np.testing.assert_allclose(policy[:, position], sampler, rtol=1e-4, atol=1e-4)
+    dropout_on = model.decoder((np.repeat(features, 3, axis=0), token_ids[:, :-1]), training=True)
+    assert np.abs(np.asarray(sampling_logits(dropout_on)) - np.asarray(trainer.policy_logits(features, token_ids))).max() > 1e-3
 
 
 def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monkeypatch):

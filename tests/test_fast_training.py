@@ -1,0 +1,83 @@
+"""Decoder training that does less work per real token: the loss on real tokens only, and
+batches bucketed by caption length and trimmed to their longest caption."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from captioning.model import build_feature_model, compile_model
+from captioning.pipeline import caption_lengths, feature_dataset
+from captioning.vocabulary import END_ID, PAD_ID, START_ID
+from conftest import tiny_config
+
+VOCAB_SIZE = 13
+
+
+def padded_captions(images, captions=3, length=9, seed=0):
+    """(images, captions, length) int32: <start>, 1 to length - 2 words, <end>, padding."""
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((images, captions, length), dtype=np.int32)
+    for image in range(images):
+        for caption in range(captions):
+            words = int(rng.integers(1, length - 1))
+            tokens[image, caption, 0] = START_ID
+            tokens[image, caption, 1:words + 1] = rng.integers(4, VOCAB_SIZE, words)
+            tokens[image, caption, words + 1] = END_ID
+    return tokens
+
+
+@pytest.mark.parametrize("decoder", ["rnn", "attention"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_token_loss_equals_the_masked_loss_over_every_position(tmp_path, decoder, jit_compile):
+    """Known answer: the output layer on the real tokens alone gives the loss of the full
+    logits with padding masked (Keras' ignore_class), plus the attention penalty."""
+    keras.utils.set_random_seed(0)
+    config = tiny_config(tmp_path, f"decoder.name={decoder}", f"training.jit_compile={str(jit_compile).lower()}")
+    model = build_feature_model(config, VOCAB_SIZE, (4, 8))
+    compile_model(model, config.training)
+    tokens = padded_captions(2)
+    inputs = {"features": np.random.default_rng(1).normal(size=(2, 4, 8)).astype("float32"),
+              "captions": tokens[:, :, :-1]}
+    targets = tokens[:, :, 1:]
+    logits = model(inputs, training=False)  # (2, 3, 8, vocab)
+    masked = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
+    expected = float(masked(targets, logits))
+    assert float(model.token_loss(inputs, targets, training=False)) == pytest.approx(expected, rel=1e-5)
+    if decoder == "attention":  # in training, the doubly stochastic penalty is added to it
+        model.decoder.dropout.rate = model.decoder.head.dropout.rate = 0.0  # so training=True changes nothing else
+        rows = np.repeat(inputs["features"], 3, axis=0), tokens[:, :, :-1].reshape(6, -1)
+        _, attention = model.decoder(rows, training=False, return_attention=True)
+        penalty = float(model.decoder.attention_penalty(attention, rows[1]))
+        trained = float(model.token_loss(inputs, targets, training=True))
+        assert penalty > 0.1 and trained == pytest.approx(expected + penalty, rel=1e-5)
+
+
+def test_feature_batches_are_trimmed_to_their_longest_caption_and_cover_every_image_once():
+    tokens = padded_captions(40, length=12, seed=2)
+    features = np.arange(40, dtype=np.float16)[:, None, None] * np.ones((40, 2, 3), dtype=np.float16)
+    seen = []
+    for inputs, targets in feature_dataset(features, tokens, batch_size=4, shuffle=True, seed=0):
+        images = np.asarray(inputs["features"])[:, 0, 0].astype(int)  # each image's own number
+        seen.extend(images)
+        longest = caption_lengths(tokens[images]).max()
+        assert inputs["captions"].shape[2] == targets.shape[2] == longest - 1
+        np.testing.assert_array_equal(np.asarray(inputs["captions"]), tokens[images, :, :longest - 1])
+        np.testing.assert_array_equal(np.asarray(targets), tokens[images, :, 1:longest])
+    assert sorted(seen) == list(range(40))
+
+
+def test_length_buckets_group_images_of_similar_caption_length():
+    """Bucketed training batches are much shorter than the unbucketed batches of the same
+    data; the seed repeats the order and another seed changes it."""
+    tokens = padded_captions(512, captions=1, length=24, seed=3)
+    features = np.zeros((512, 1, 1), dtype=np.float16)
+
+    def batch_lengths(bucket, seed=0):
+        dataset = feature_dataset(features, tokens, batch_size=8, shuffle=True, seed=seed, bucket=bucket)
+        return [int(inputs["captions"].shape[2]) for inputs, _ in dataset]
+
+    bucketed, plain = batch_lengths(True), batch_lengths(False)
+    assert np.mean(bucketed) < 0.75 * np.mean(plain), (np.mean(bucketed), np.mean(plain))
+    assert batch_lengths(True) == bucketed and batch_lengths(True, seed=1) != bucketed  # the seed repeats
