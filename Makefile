@@ -12,6 +12,7 @@
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
 #                [README=name]   (also writes the table into README.md between <!-- results:name --> and <!-- /results -->)
 #   make bench [OUT=file.json] [SET="data.root=/path/to/flickr8k ..."]   (speed ratios and peak memory; about 10 min on 2 cores)
+#              [PART=decoders]   (only the decoder-training epoch seconds and FLOP utilization, about 3 min)
 #   make inspect IMG=path [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]   (PNGs: the encoder's input,
 #                first-layer filters, each block's strongest feature maps, attention; default OUT runs/inspect/<image>)
 #   make test
@@ -47,7 +48,7 @@ compare: $(INSTALLED)
 	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET)) $(if $(README),--readme $(README))
 
 bench: $(INSTALLED)
-	$(PY) -m captioning bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET))
+	$(PY) -m captioning bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET)) $(if $(PART),--$(PART))
 
 inspect: $(INSTALLED)
 	@test -n "$(IMG)" || { echo "usage: make inspect IMG=path/to/image [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]" >&2; exit 2; }

@@ -449,14 +449,18 @@ def meets_target(key: str, value: float) -> bool:
 def format_table(results: dict) -> str:
     lines = [f"{'what':<58} {'measured':>10} {'target':>10}", "-" * 88]
     for key, (what, comparison, target, unit) in TARGETS.items():
+        if key not in results:  # bench --decoders
+            continue
         measured, wanted = f"{results[key]:.2f}{unit}", f"{comparison} {target:g}{unit}"
         verdict = "met" if meets_target(key, results[key]) else "NOT met"
         lines.append(f"{what:<58} {measured:>10} {wanted:>10}  {verdict}")
     return "\n".join(lines)
 
 
-def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, work_dir=None) -> dict:
-    """Runs the eight measurements; prints the table and returns (and writes to ``out``) the JSON."""
+def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, work_dir=None,
+              decoders_only: bool = False) -> dict:
+    """Runs the eight measurements (``decoders_only``: the last three); prints the table and
+    returns (and writes to ``out``) the JSON."""
     from captioning.files import write_json
 
     from captioning.config import load_config
@@ -468,10 +472,11 @@ def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="captioning-bench-", dir=work_dir) as work:
         work = Path(work)
-        count = max(sizes.extraction_images, sizes.cache_images, sizes.training_batch * (sizes.full_steps + 1))
-        paths, source = bench_images(config, work / "images", count, sizes)
-        details["images"] = source
-        steps = [
+        if not decoders_only:
+            count = max(sizes.extraction_images, sizes.cache_images, sizes.training_batch * (sizes.full_steps + 1))
+            paths, source = bench_images(config, work / "images", count, sizes)
+            details["images"] = source
+        steps = [] if decoders_only else [
             ("feature_extraction_vs_predict", lambda: measure_feature_extraction(config, paths[:sizes.extraction_images], work, sizes)),
             ("cached_training_speedup", lambda: measure_cached_training(config, paths, work, sizes)),
             ("batched_beam_speedup", lambda: measure_batched_beam(
@@ -491,7 +496,8 @@ def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, 
         utilization = details["attention_flops_utilization"]
         results["attention_flops_utilization"] = utilization["step_gflop_per_second"] / utilization["matmul_gflop_per_second"]
     report = {**{key: float(value) for key, value in results.items()},
-              "targets": {key: f"{comparison} {target:g}" for key, (_, comparison, target, _) in TARGETS.items()},
+              "targets": {key: f"{comparison} {target:g}" for key, (_, comparison, target, _) in TARGETS.items()
+                          if key in results},
               "quick": quick, "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - started, 1),
               "details": details}
     print(format_table(results))

@@ -4,7 +4,7 @@
     python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N] [--attention OUT.png]
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--readme NAME]
-    python -m captioning bench [--quick] [--out FILE.json] [--set ...]
+    python -m captioning bench [--quick] [--decoders] [--out FILE.json] [--set ...]
     python -m captioning inspect IMAGE [--run DIR | --experiment FILE] [--set ...] [--out DIR]
 """
 
@@ -95,6 +95,8 @@ def parse_arguments(argv):
                                               "buy on this machine (ratios), and training's peak memory")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the bench runs (numbers mean nothing)")
     bench.add_argument("--out", help="also write the results as JSON here")
+    bench.add_argument("--decoders", action="store_true",
+                       help="only the decoder-training figures (rnn/attention epoch seconds, FLOP utilization)")
     bench.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                        help="overrides of the bench's experiment, e.g. data.root=/path/to/flickr8k to time its images")
 
@@ -160,13 +162,14 @@ def run_caption(arguments) -> None:
 def run_evaluate(arguments) -> None:
     from captioning.captioner import Captioner
     from captioning.evaluate import evaluate_captioner, format_metrics, write_results
-    from captioning.runs import latest_run
+    from captioning.runs import latest_run, load_run_config
 
     from captioning.splits import check_evaluation_split
 
     run_dir = Path(arguments.run) if arguments.run else latest_run()
+    # The guard reads the run's saved config: what trained it, never what --set says now.
+    check_evaluation_split(load_run_config(run_dir), arguments.split)
     captioner = Captioner.from_run(run_dir, arguments.set + beam_overrides(arguments.beam))
-    check_evaluation_split(captioner.config, arguments.split)
     metrics, rows = evaluate_captioner(captioner, arguments.split)
     metrics["run"] = str(run_dir)
     metrics["generation"] = dataclasses.asdict(captioner.config.generation)
@@ -194,7 +197,7 @@ def run_compare(arguments) -> None:
 def run_bench_command(arguments) -> None:
     from captioning.bench import run_bench
 
-    run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out)
+    run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out, decoders_only=arguments.decoders)
 
 
 def run_inspect(arguments) -> None:

@@ -274,14 +274,17 @@ class TrainingConfig:
     gradient_norm_interval: int = 5
     # Compute in float16, keep weights, logits and the loss in float32 (Keras policy
     # "mixed_float16", with dynamic loss scaling). Off by default: it pays only on GPUs with
-    # tensor cores; on CPU float16 is slower than float32, and the loss differs from a
+    # tensor cores; on CPU float16 is slower than float32 (so was bfloat16 on an AVX2 CPU
+    # without AVX512-BF16: 1.14-1.17x slower a step), and the loss differs from a
     # float32 run by rounding (1e-5 relative after five steps of the tiny test config, and
     # more as training goes on), so runs are only comparable with the same setting.
     mixed_precision: bool = False
     # Compile the training step with XLA (model.compile(jit_compile=...)). Off by default:
-    # XLA brings nothing on CPU, compiles once per batch shape (the last, smaller batch of
-    # every epoch compiles again), and Keras' "auto" would switch it on for GPUs only,
-    # making a run's numbers depend on the machine. Turn it on for long GPU runs.
+    # on 2 CPU cores a Flickr8k-sized step was 1.14x (rnn) and 1.17x (attention) slower with
+    # it, after 49-61 s of compiling each batch shape; feature batches are trimmed to their
+    # longest caption, so there are many shapes; and Keras' "auto" would switch it on for
+    # GPUs only, making a run's numbers depend on the machine. Under XLA the decoders
+    # unroll their time loop and compute the output layer on every position (static shapes).
     jit_compile: bool = False
     # How training is spread over devices (see distribution.py): "default" (one device),
     # "mirrored" (every GPU of this machine, or its logical CPU devices; synchronous

@@ -393,8 +393,8 @@ class AttentionDecoder(CaptionDecoder):
         scores = self.attention_score(
             ops.tanh(projected_features + self.hidden_projection(hidden)[:, None, :]))  # (batch, regions, 1)
         attention = ops.softmax(ops.cast(scores[:, :, 0], "float32"), axis=-1)  # (batch, regions)
-        weights = ops.cast(attention, features.dtype)[:, :, None]  # (batch, regions, 1), the compute dtype
-        context = ops.sum(weights * features, axis=1)  # (batch, channels)
+        weights = ops.cast(attention, features.dtype)[:, None, :]  # (batch, 1, regions), the compute dtype
+        context = ops.matmul(weights, features)[:, 0, :]  # (batch, channels): a batched matmul, no (batch, regions, channels) product
         if self.gate is not None:
             context = self.gate(hidden) * context  # gate: (batch, 1)
         return context, attention

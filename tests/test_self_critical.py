@@ -133,6 +133,21 @@ def test_the_gradient_uses_the_policy_that_sampled_the_captions(tmp_path):
     assert np.abs(np.asarray(sampling_logits(dropout_on)) - np.asarray(trainer.policy_logits(features, token_ids))).max() > 1e-3
 
 
+def test_the_real_token_loss_equals_the_policy_gradient_loss_over_every_position(tmp_path):
+    """Known answer: the loss the step minimizes (output layer on generated tokens only)
+    is policy_gradient_loss over the full policy_logits."""
+    keras.utils.set_random_seed(0)
+    vocabulary = Vocabulary.build(["red circle", "blue square", "green triangle small big"])
+    config = tiny_config(tmp_path, "decoder.name=attention", "decoder.max_length=6")
+    model = build_feature_model(config, vocabulary.size, (4, 8))
+    trainer = SelfCriticalTrainer(model, vocabulary, CiderD([["red circle"]]), samples=3, max_length=6, seed=2)
+    features = np.random.default_rng(0).normal(size=(2, 4, 8)).astype(np.float32)
+    token_ids = trainer.sample(features)  # (6, 6), <pad> after <end>
+    advantage = np.linspace(-1.0, 1.5, 6).astype(np.float32)
+    expected = policy_gradient_loss(trainer.policy_logits(features, token_ids), token_ids[:, 1:], advantage)
+    assert float(trainer.loss(features, token_ids, advantage)) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monkeypatch):
     """A tiny run: phase 1, then two self-critical epochs, interrupted after the first; the
     second train() call resumes with epoch 2 only and the run records both."""
