@@ -200,12 +200,11 @@ def best_seconds(function, repeats: int) -> float:
     return min(times)
 
 
-def steady_step_seconds(model, dataset, steps: int) -> float:
-    """Seconds per training step of ``model.fit`` over ``steps`` steps after a first
-    (tracing) step, input pipeline included."""
+def step_end_timer():
+    """A Keras callback whose ``step_ends`` lists the time.perf_counter() at the end of every training step."""
     import keras
 
-    class StepTimer(keras.callbacks.Callback):
+    class StepEndTimer(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.step_ends = []
@@ -213,7 +212,13 @@ def steady_step_seconds(model, dataset, steps: int) -> float:
         def on_train_batch_end(self, batch, logs=None):
             self.step_ends.append(time.perf_counter())
 
-    timer = StepTimer()
+    return StepEndTimer()
+
+
+def steady_step_seconds(model, dataset, steps: int) -> float:
+    """Seconds per training step of ``model.fit`` over ``steps`` steps after a first
+    (tracing) step, input pipeline included."""
+    timer = step_end_timer()
     model.fit(dataset.repeat(), steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
     return (timer.step_ends[-1] - timer.step_ends[0]) / steps
 

@@ -104,7 +104,7 @@ def measure_decoder_epoch(name: str, work: Path, images: int, timed_steps: int, 
     import keras
     import tensorflow as tf
 
-    from captioning.bench import random_features
+    from captioning.bench import random_features, step_end_timer
     from captioning.config import load_config
     from captioning.model import build_feature_model, compile_model
     from captioning.pipeline import feature_dataset
@@ -126,20 +126,13 @@ def measure_decoder_epoch(name: str, work: Path, images: int, timed_steps: int, 
 
     timed = list(first_batches())[warmup_steps:]  # for their lengths (FLOPs, the mean trimmed length)
 
-    class StepEnds(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter())
-
     # One fit straight from the pipeline, as training runs: the first steps trace the step
     # (lengths vary, so Keras relaxes them to unknown). Batches replayed from a Python
     # generator (tf.data.Dataset.from_generator) measured 1.7x slower a step.
-    step_ends = StepEnds()
-    model.fit(first_batches(), epochs=1, verbose=0, shuffle=False, callbacks=[step_ends])
-    seconds = step_ends.times[-1] - step_ends.times[warmup_steps - 1]
+    timer = step_end_timer()
+    model.fit(first_batches(), steps_per_epoch=warmup_steps + timed_steps, epochs=1, verbose=0, shuffle=False,
+              callbacks=[timer])
+    seconds = timer.step_ends[-1] - timer.step_ends[warmup_steps - 1]
     epoch_seconds = seconds / len(timed) * batches
     result = {"experiment": DECODER_EXPERIMENTS[name].name, "images": images, "batch": batch,
               "batches_per_epoch": batches, "timed_steps": len(timed), "seconds_per_step": seconds / len(timed),
