@@ -23,7 +23,6 @@ attention step's FLOP rate as a fraction of it:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,19 +62,14 @@ def matmul_flops_per_second(repeats: int = 20) -> float:
     """This machine's float32 matmul rate on MATMUL_SHAPE, compiled, best of ``repeats``."""
     import tensorflow as tf
 
+    from captioning.bench import best_seconds
+
     rows, inputs, outputs = MATMUL_SHAPE
     left = tf.random.normal((rows, inputs), seed=0)
     right = tf.random.normal((inputs, outputs), seed=1)
     multiply = tf.function(lambda a, b: tf.matmul(a, b))
     multiply(left, right).numpy()
-    best = min(_seconds(lambda: multiply(left, right).numpy()) for _ in range(repeats))
-    return 2 * rows * inputs * outputs / best
-
-
-def _seconds(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
+    return 2 * rows * inputs * outputs / best_seconds(lambda: multiply(left, right).numpy(), repeats)
 
 
 def attention_step_flops(decoder, images: int, captions: np.ndarray, targets: np.ndarray) -> float:

@@ -36,6 +36,12 @@ IMAGE_POOLINGS = ("mean", "flatten")
 OUTPUT_LAYERS = ("deep", "wide")  # OutputHead kinds
 
 
+def check_choice(what: str, value: str, key: str, valid) -> None:
+    """Raises ConfigError naming ``key`` and the valid values when ``value`` is not among them."""
+    if value not in valid:
+        raise ConfigError(f"unknown {what} '{value}' ({key}); valid: {', '.join(valid)}")
+
+
 def float32_logits(logits):
     """Logits as float32 whatever the compute dtype: float16 logits would lose the small
     differences softmax and cross-entropy depend on (and -1e9 masks overflow float16)."""
@@ -58,8 +64,7 @@ class OutputHead(layers.Layer):
 
     def __init__(self, vocab_size, embedding_dim, kind="deep", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        if kind not in OUTPUT_LAYERS:
-            raise ConfigError(f"unknown output_layer '{kind}' (decoder.output_layer); valid: {', '.join(OUTPUT_LAYERS)}")
+        check_choice("output_layer", kind, "decoder.output_layer", OUTPUT_LAYERS)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.kind = kind
@@ -177,10 +182,8 @@ class RNNDecoder(CaptionDecoder):
     def __init__(self, vocab_size, embedding_dim=256, units=512, cell="lstm", dropout=0.3, image_pooling="mean",
                  image_norm=False, image_every_step=False, output_layer="deep", **kwargs):
         super().__init__(**kwargs)
-        if cell not in CELL_CLASSES:
-            raise ConfigError(f"unknown decoder cell '{cell}' (decoder.cell); valid: {', '.join(CELL_CLASSES)}")
-        if image_pooling not in IMAGE_POOLINGS:
-            raise ConfigError(f"unknown image_pooling '{image_pooling}' (decoder.image_pooling); valid: {', '.join(IMAGE_POOLINGS)}")
+        check_choice("decoder cell", cell, "decoder.cell", CELL_CLASSES)
+        check_choice("image_pooling", image_pooling, "decoder.image_pooling", IMAGE_POOLINGS)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units
@@ -320,8 +323,7 @@ class AttentionDecoder(CaptionDecoder):
     def __init__(self, vocab_size, embedding_dim=256, units=512, cell="lstm", dropout=0.3, attention_units=256,
                  attention_gate=True, attention_regularization=1.0, image_norm=False, output_layer="deep", **kwargs):
         super().__init__(**kwargs)
-        if cell not in CELL_CLASSES:
-            raise ConfigError(f"unknown decoder cell '{cell}' (decoder.cell); valid: {', '.join(CELL_CLASSES)}")
+        check_choice("decoder cell", cell, "decoder.cell", CELL_CLASSES)
         if attention_regularization < 0:
             raise ConfigError(f"decoder.attention_regularization must be 0 or more, got {attention_regularization}")
         self.vocab_size = vocab_size
@@ -496,6 +498,5 @@ DECODERS = {"rnn": _build_rnn_decoder, "attention": _build_attention_decoder}
 
 def build_decoder(config: DecoderConfig, vocab_size: int) -> RNNDecoder | AttentionDecoder:
     """The decoder named by ``config.name``."""
-    if config.name not in DECODERS:
-        raise ConfigError(f"unknown decoder '{config.name}' (decoder.name); valid: {', '.join(DECODERS)}")
+    check_choice("decoder", config.name, "decoder.name", DECODERS)
     return DECODERS[config.name](config, vocab_size)

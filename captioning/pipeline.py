@@ -115,6 +115,12 @@ def caption_lengths(tokens: np.ndarray) -> np.ndarray:
     return (tokens != PAD_ID).sum(axis=-1).max(axis=-1).astype(np.int32)
 
 
+def trimmed_to_longest(tokens: np.ndarray) -> np.ndarray:
+    """tokens (..., length), 0 is padding -> cut after the longest caption's last token (at
+    least 2 tokens, so inputs and targets each keep one)."""
+    return tokens[..., :max(int((tokens != PAD_ID).sum(axis=-1).max()), 2)]
+
+
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int,
                     bucket: bool = True) -> tf.data.Dataset:
     """Batches of cached features: ({"features": (batch, regions, channels), "captions": (batch, C, length - 1)}, targets).
@@ -138,8 +144,7 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
 
     def gather(indices):
         indices = np.sort(indices)  # memory-mapped rows read in order
-        longest = max(int(lengths[indices].max()), 2)
-        return np.asarray(features[indices], dtype=np.float32), tokens[indices, :, :longest]
+        return np.asarray(features[indices], dtype=np.float32), trimmed_to_longest(tokens[indices])
 
     def read(indices):
         batch_features, batch_tokens = tf.numpy_function(gather, [indices], (tf.float32, tf.int32))

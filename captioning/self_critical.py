@@ -43,6 +43,7 @@ from captioning.config import ConfigError, ExperimentConfig
 from captioning.features import encoder_is_frozen
 from captioning.files import atomic_path, write_csv_rows, write_json
 from captioning.model import build_feature_model, compile_model
+from captioning.pipeline import trimmed_to_longest
 from captioning.runs import CHECKPOINT_DIR, RunError
 from captioning.search import forbid_special_tokens, generate_token_ids
 from captioning.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
@@ -146,11 +147,9 @@ class SelfCriticalTrainer:
         targets = token_ids[:, 1:]  # (rows, length - 1)
         real = ops.not_equal(targets, PAD_ID)
         logits = sampling_logits(decoder.output_logits(tf.boolean_mask(outputs, real)))  # (tokens, vocab)
-        log_probs = -keras.losses.sparse_categorical_crossentropy(tf.boolean_mask(targets, real), logits,
-                                                                  from_logits=True)  # (tokens,)
-        token_advantage = tf.boolean_mask(ops.broadcast_to(ops.cast(advantage, log_probs.dtype)[:, None],
-                                                           ops.shape(targets)), real)  # (tokens,)
-        return -ops.sum(token_advantage * log_probs) / ops.maximum(ops.cast(ops.shape(log_probs)[0], log_probs.dtype), 1.0)
+        token_advantage = tf.boolean_mask(ops.broadcast_to(advantage[:, None], ops.shape(targets)), real)  # (tokens,)
+        # each generated token as a one-token row: the same sum over the same count
+        return policy_gradient_loss(logits[:, None, :], tf.boolean_mask(targets, real)[:, None], token_advantage)
 
     def policy_logits(self, features, token_ids):
         """features (batch, regions, channels), token_ids (batch * samples, max_length) ->
@@ -167,7 +166,7 @@ class SelfCriticalTrainer:
     def train_batch(self, features, references: list[list[str]]) -> float:
         """One step on a batch of images and their (tokenized) references; returns the samples' mean reward."""
         token_ids = self.sample(features)
-        token_ids = token_ids[:, :max(int((token_ids != PAD_ID).sum(axis=1).max()), 2)]  # trimmed to the longest
+        token_ids = trimmed_to_longest(token_ids)
         hypotheses = [self.vocabulary.decode(row[1:]) for row in token_ids]
         rewards = self.scorer.scores(hypotheses, [image for image in references for _ in range(self.samples)])
         self._step(tf.convert_to_tensor(features, tf.float32), tf.convert_to_tensor(token_ids),
