@@ -17,7 +17,8 @@ attention step's FLOP rate as a fraction of it:
     from the layer sizes and the batch's own lengths (per image: the region projection
     and the initial state; per caption row and time step: W_h h, the scores, the
     context, the gate, the cell's context and recurrent matmuls and the hoisted word
-    matmul; per real target token: the output layer); the backward pass counted as twice
+    matmul (with decoder.attention_placement "output": no context matmul in the cell, the
+    mean image's gates once per caption); per real target token: the output layer); the backward pass counted as twice
     the forward, as is usual. Element-wise work (softmax, tanh, LayerNorm) is left out.
 """
 
@@ -80,14 +81,20 @@ def attention_step_flops(decoder, images: int, captions: np.ndarray, targets: np
     gate_width = units * (4 if decoder.cell_name == "lstm" else 3)  # LSTM: i, f, c, o; GRU: z, r, h
     rows, steps = captions.shape[0] * captions.shape[1], captions.shape[2]
     per_image = regions * channels * attention_units + channels * units * decoder.state_count
+    per_row = 0
     per_row_step = (units * attention_units + regions * attention_units + regions * channels
-                    + units * (1 if decoder.attention_gate else 0) + (channels + units + embedding) * gate_width)
+                    + units * (1 if decoder.attention_gate else 0) + (embedding + units) * gate_width)
+    if decoder.attention_placement == "input":  # the context into the cell
+        per_row_step += channels * gate_width
+    else:  # "output": the mean image at a word's width, its gate rows once per caption
+        per_image += channels * embedding
+        per_row += embedding * gate_width
     real_tokens = int((targets != 0).sum())
     if decoder.output_layer == "deep":
         per_token = (units + channels) * embedding + embedding * decoder.vocab_size
     else:
         per_token = (units + channels + embedding) * decoder.vocab_size
-    multiply_adds = images * per_image + rows * steps * per_row_step + real_tokens * per_token
+    multiply_adds = images * per_image + rows * per_row + rows * steps * per_row_step + real_tokens * per_token
     return 3 * 2 * multiply_adds
 
 

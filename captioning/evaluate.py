@@ -7,6 +7,7 @@ import io
 import time
 from pathlib import Path
 
+from captioning.attention_statistics import attention_statistics
 from captioning.captioner import Captioner
 from captioning.coco_metrics import coco_caption_scores
 from captioning.datasets import CaptionedImage, load_split
@@ -46,6 +47,7 @@ def evaluate_captioner(captioner: Captioner, split: str, progress: bool = True) 
         for example, hypothesis in zip(examples, hypotheses)
     ]
     metrics = score_captions(examples, hypotheses, split)
+    metrics.update(attention_statistics(captioner, [example.image_path for example in examples]))
     if captioner.config.data.name == "shapes":  # the drawn objects are known: which words are right?
         metrics.update(shapes_word_accuracies(captioner.config.data.root, split,
                                               [example.image_path for example in examples], hypotheses))
@@ -79,7 +81,8 @@ def write_results(metrics: dict, rows: list[dict], metrics_path: Path, captions_
 
 def format_metrics(metrics: dict) -> str:
     names = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "bleu_4_shuffled_images"]
-    names += [name for name in ("colour_accuracy", "shape_accuracy", "relation_accuracy") if name in metrics]
+    names += [name for name in ("colour_accuracy", "shape_accuracy", "relation_accuracy", "attention_entropy",
+                                "attention_max_weight") if name in metrics]
     reasons = {entry["metric"]: entry["reason"] for entry in metrics.get("unavailable", [])}
     lines = [f"{metrics['split']} split, {metrics['images']} images"]
     for name in names:

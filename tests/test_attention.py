@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from captioning.attention_statistics import attention_entropy_and_peak
 from captioning.captioner import Captioner
 from captioning.cli import main
 from captioning.config import ConfigError, DecoderConfig, GenerationConfig, load_config, to_dict
@@ -26,9 +27,23 @@ VOCAB_SIZE = 11
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def make_decoder(cell="lstm", dropout=0.0, gate=True, regularization=1.0):
+PLACEMENT = {"value": "input"}  # make_decoder's decoder.attention_placement, set by the placement fixture
+
+
+@pytest.fixture(params=["input", "output"])
+def placement(request, monkeypatch):
+    """A test that uses it runs for both attention placements (AttentionDecoder, OutputAttentionDecoder)."""
+    monkeypatch.setitem(PLACEMENT, "value", request.param)
+    return request.param
+
+
+both_placements = pytest.mark.usefixtures("placement")
+
+
+def make_decoder(cell="lstm", dropout=0.0, gate=True, regularization=1.0, penalty_scale="per_caption"):
     config = DecoderConfig(name="attention", cell=cell, embedding_dim=6, units=8, dropout=dropout, attention_units=5,
-                           attention_gate=gate, attention_regularization=regularization)
+                           attention_gate=gate, attention_regularization=regularization,
+                           attention_penalty_scale=penalty_scale, attention_placement=PLACEMENT["value"])
     return build_decoder(config, VOCAB_SIZE)
 
 
@@ -36,6 +51,7 @@ def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
     return random_decoder_inputs(VOCAB_SIZE, batch, regions, channels, length, seed)
 
 
+@both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_a_caption_length_known_only_at_run_time_gives_the_same_logits(cell):
     """A known length is unrolled step by step (XLA needs it); an unknown one runs as keras'
@@ -51,6 +67,7 @@ def test_a_caption_length_known_only_at_run_time_gives_the_same_logits(cell):
     np.testing.assert_allclose(scanned_attention, unrolled_attention, rtol=1e-5, atol=1e-6)
 
 
+@both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 @pytest.mark.parametrize("gate", [True, False])
 def test_logits_and_attention_shapes(cell, gate):
@@ -63,6 +80,7 @@ def test_logits_and_attention_shapes(cell, gate):
     assert tuple(attention.shape) == (3, 7, 4)  # (batch, length, regions)
 
 
+@both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_attention_weights_sum_to_one_at_every_step(cell):
     decoder = make_decoder(cell)
@@ -72,6 +90,7 @@ def test_attention_weights_sum_to_one_at_every_step(cell):
     np.testing.assert_allclose(np.sum(attention, axis=-1), np.ones((3, 7)), atol=1e-5)
 
 
+@both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 @pytest.mark.parametrize("gate", [True, False])
 def test_step_by_step_equals_teacher_forcing(cell, gate):
@@ -86,6 +105,7 @@ def test_step_by_step_equals_teacher_forcing(cell, gate):
         np.testing.assert_allclose(state["attention"], attention[:, position], rtol=1e-4, atol=1e-6)
 
 
+@both_placements
 def test_features_are_projected_once_per_sequence():
     decoder = make_decoder()
     features, token_ids = decoder_inputs()
@@ -103,6 +123,7 @@ def test_features_are_projected_once_per_sequence():
     assert len(calls) == 2  # once for the whole sequence, once in initial_state, none per step
 
 
+@both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_serialization_round_trip(cell):
     decoder = make_decoder(cell, dropout=0.2, gate=False, regularization=0.5)
@@ -114,8 +135,10 @@ def test_serialization_round_trip(cell):
     np.testing.assert_allclose(restored((features, token_ids), training=False), expected, rtol=1e-5, atol=1e-6)
     assert restored.get_config() == decoder.get_config()
     assert (restored.attention_gate, restored.attention_regularization, restored.attention_units) == (False, 0.5, 5)
+    assert restored.attention_penalty_scale == "per_caption" and restored.attention_placement == decoder.attention_placement
 
 
+@both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_every_weight_gets_a_gradient(cell):
     decoder = make_decoder(cell, dropout=0.1)
@@ -141,6 +164,7 @@ PENALTY_TOKENS = np.array([[START_ID, 5, 6, END_ID, PAD_ID, PAD_ID],
                            [PAD_ID] * 6], dtype="int32")
 
 
+@both_placements
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")  # one region is the point here
 def test_with_one_region_the_penalty_is_one_minus_the_step_count_squared():
     """One region: alpha is always 1, so sum_t alpha = T and the penalty is (1 - T)^2.
@@ -150,8 +174,13 @@ def test_with_one_region_the_penalty_is_one_minus_the_step_count_squared():
     decoder((features, PENALTY_TOKENS), training=True)
     assert len(decoder.losses) == 1
     np.testing.assert_allclose(float(decoder.losses[0]), 1.25, rtol=1e-6)
+    # per token: row 0 4 / 3 steps, row 1 1 / 2 steps; mean 11 / 12; lambda 0.5 -> 11 / 24
+    per_token = make_decoder(regularization=0.5, penalty_scale="per_token")
+    per_token((features, PENALTY_TOKENS), training=True)
+    np.testing.assert_allclose(float(per_token.losses[0]), 11 / 24, rtol=1e-6)
 
 
+@both_placements
 def test_the_penalty_is_added_only_in_training():
     decoder = make_decoder()
     features, token_ids = decoder_inputs()
@@ -180,6 +209,7 @@ def test_the_penalty_is_zero_when_every_region_gets_one_unit_of_attention():
 # ---- generation ------------------------------------------------------------------------
 
 
+@both_placements
 def test_greedy_decoding_follows_the_decoders_own_argmax():
     decoder = make_decoder("gru")
     features, _ = decoder_inputs(batch=2, regions=6)
@@ -193,6 +223,7 @@ def test_greedy_decoding_follows_the_decoders_own_argmax():
         np.testing.assert_array_equal(np.argmax(logits[row, :length], axis=-1), generated[:length])
 
 
+@both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_beam_search_with_width_two_scores_each_beam_by_its_own_image(cell):
     """Every beam's score must be the teacher-forced log-probability of its tokens, given
@@ -215,6 +246,7 @@ def test_beam_search_with_width_two_scores_each_beam_by_its_own_image(cell):
     np.testing.assert_array_equal(best, token_ids[:, 0])
 
 
+@both_placements
 def test_beam_search_runs_inside_tf_function():
     decoder = make_decoder("gru")
     sampler = CaptionBeamSampler(num_beams=2)
@@ -256,6 +288,10 @@ def test_tiny_attention_run_trains_and_draws_its_attention(trained_attention_run
     run_dir = trained_attention_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and 0 <= metrics["bleu_4"] <= 1
+    # how peaked the attention is, on the grid of 8 x 8 regions
+    assert metrics["attention_uniform_entropy"] == pytest.approx(np.log(64))
+    assert 0 < metrics["attention_entropy"] <= metrics["attention_uniform_entropy"] + 1e-6
+    assert 1 / 64 - 1e-6 <= metrics["attention_max_weight"] <= 1 and metrics["attention_words"] > 0
 
     image_path = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(image_path)
@@ -272,3 +308,12 @@ def test_tiny_attention_run_trains_and_draws_its_attention(trained_attention_run
     assert len(captured.out.strip().splitlines()) == 1  # the caption, as without --attention
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.width > 0 and picture.height > 0
+
+
+def test_attention_entropy_and_peak_known_answers():
+    """Uniform over 4 regions: entropy log 4, peak 1/4; all on one region: 0 and 1;
+    (1/2, 1/2, 0, 0): log 2 and 1/2."""
+    attention = np.array([[0.25] * 4, [1.0, 0, 0, 0], [0.5, 0.5, 0, 0]])
+    entropy, peak = attention_entropy_and_peak(attention.reshape(3, 2, 2))
+    np.testing.assert_allclose(entropy, [np.log(4), 0.0, np.log(2)], atol=1e-12)
+    np.testing.assert_allclose(peak, [0.25, 1.0, 0.5])

@@ -63,7 +63,7 @@ def test_attention_step_flops_counts_every_matmul():
     """A known answer worked by hand: 1 image, 1 caption row of 2 steps, 1 real target;
     units 2, attention 3, embedding 4, vocabulary 5, LSTM (gates 8), deep output layer."""
     decoder = SimpleNamespace(units=2, attention_units=3, embedding_dim=4, vocab_size=5, state_count=2,
-                              cell_name="lstm", attention_gate=True, output_layer="deep")
+                              cell_name="lstm", attention_gate=True, output_layer="deep", attention_placement="input")
     captions = np.array([[[1, 7]]])
     targets = np.array([[[7, 0]]])
     regions, channels = FEATURE_SHAPE  # 49, 768
@@ -71,6 +71,12 @@ def test_attention_step_flops_counts_every_matmul():
     per_step = 2 * 3 + regions * 3 + regions * channels + 2 + (channels + 2 + 4) * 8
     per_token = (2 + channels) * 4 + 4 * 5
     assert attention_step_flops(decoder, 1, captions, targets) == 6 * (per_image + 2 * per_step + per_token)
+    # attention after the cell: the cell's input is [word, mean image], the image's gates once per caption
+    decoder.attention_placement = "output"
+    per_image += channels * 4
+    per_step -= channels * 8
+    per_caption = 4 * 8
+    assert attention_step_flops(decoder, 1, captions, targets) == 6 * (per_image + per_caption + 2 * per_step + per_token)
 
 
 def test_synthetic_photos_are_jpegs_of_the_asked_size_and_differ(tmp_path):
