@@ -255,12 +255,19 @@ class TrainingConfig:
     # phase 1 in which the decoder samples self_critical_samples captions per image and
     # learns from their CIDEr-D against the references, each caption's baseline being the
     # mean reward of the image's other samples. 0 (default) skips the phase. Frozen
-    # encoders only (it trains on the cached features); the run keeps the last epoch.
+    # encoders only (it trains on the cached features). With validation_bleu_images > 0 the
+    # run keeps the epoch (phase 1's decoder counting as epoch 0) whose greedy captions of
+    # the early-stopping images have the best CIDEr-D; otherwise the last.
     self_critical_epochs: int = 0
     # Adam's rate in that phase: small, since it starts from a trained decoder (Rennie et al.
     # fine-tuned at 5e-5) and sampled-caption gradients are noisy.
     self_critical_learning_rate: float = 5e-5
     self_critical_samples: int = 5
+    # Score each sample with its end token, as the reference implementations do: the
+    # references end in "<end>" too, so a caption cut off mid-phrase ("a dog runs on the")
+    # misses the n-grams that end a real caption. Without it the captions shrank each epoch
+    # (10.8, 9.4, 8.6 words on Flickr8k) and BLEU's brevity penalty grew.
+    self_critical_reward_end: bool = True
     # Seeds Python, NumPy, TensorFlow and Keras so a run repeats.
     seed: int = 0
     # Which images decide early stopping and the best epoch: "val", or "train_tail" (the

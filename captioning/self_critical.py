@@ -17,13 +17,19 @@ self-critical sequence training") rather than the original paper's greedy captio
 sampling pass per batch instead of a sampling and a greedy pass, and a caption only gains
 probability if it beats its siblings. K = ``training.self_critical_samples``.
 
+With ``training.self_critical_reward_end`` (default) a sample is scored with its end token
+and every reference ends in one, as in the reference implementations: a caption that stops
+mid-phrase misses the n-grams that end the references.
+
 The phase runs on the frozen encoder's cached features only (no fine-tuning phase before
-it), for a fixed number of epochs at ``training.self_critical_learning_rate``; the run's
-model is the last epoch's decoder. There is no early stopping: the cross-entropy loss it
-would watch is not what this phase lowers. Each epoch's mean reward and greedy validation
-BLEU-4 go to ``self_critical_history.csv``. After every epoch the decoder and Adam's slots
-are saved in ``checkpoint/self_critical/`` (atomically), so an interrupted phase resumes
-at its last finished epoch.
+it), for a fixed number of epochs at ``training.self_critical_learning_rate``. The
+cross-entropy loss that early stopping watches is not what this phase lowers, so the phase
+watches the CIDEr-D of greedy captions of the early-stopping images (validation.py's
+``val_cider``) instead: phase 1's decoder is epoch 0, and the run's model is the epoch with
+the best score (the last epoch when validation_bleu_images is 0). Each epoch's mean reward
+and validation scores go to ``self_critical_history.csv``. After every epoch the decoder and
+Adam's slots are saved in ``checkpoint/self_critical/`` (atomically), and the best epoch's
+decoder as ``best.weights.h5``, so an interrupted phase resumes at its last finished epoch.
 """
 
 from __future__ import annotations
@@ -46,10 +52,12 @@ from captioning.model import build_feature_model, compile_model
 from captioning.pipeline import trimmed_to_longest
 from captioning.runs import CHECKPOINT_DIR, RunError
 from captioning.search import forbid_special_tokens, generate_token_ids
+from captioning.validation import CIDER_LOG_NAME
 from captioning.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
 
 SELF_CRITICAL_DIR = "self_critical"  # inside checkpoint/
 STATE_FILE = "state.json"
+BEST_WEIGHTS_FILE = "best.weights.h5"  # in checkpoint/self_critical/: the epoch with the best validation CIDEr-D
 HISTORY_FILE = "self_critical_history.csv"  # in the run directory
 
 
@@ -72,6 +80,15 @@ def check_self_critical(config: ExperimentConfig) -> None:
     if training.strategy != "default":
         raise ConfigError(f"training.self_critical_epochs runs on one device; training.strategy is "
                           f"'{training.strategy}' (set it to default)")
+
+
+END_WORD = "<end>"  # what a reference and an ended sample end with when rewarded with their end token
+
+
+def reference_text(caption: str, reward_end: bool) -> str:
+    """A reference caption as the reward reads it: spaced words, then END_WORD with reward_end."""
+    words = spaced_words(caption)
+    return f"{words} {END_WORD}" if reward_end else words
 
 
 def padded_after_end(token_ids: np.ndarray) -> np.ndarray:
@@ -114,10 +131,12 @@ class SelfCriticalTrainer:
     """One REINFORCE step per batch of images for the decoder of ``model`` (a compiled
     feature model: encoder None, its optimizer at the phase's learning rate)."""
 
-    def __init__(self, model, vocabulary: Vocabulary, scorer: CiderD, samples: int, max_length: int, seed: int = 0):
+    def __init__(self, model, vocabulary: Vocabulary, scorer: CiderD, samples: int, max_length: int, seed: int = 0,
+                 reward_end: bool = True):
         self.model = model
         self.vocabulary = vocabulary
         self.scorer = scorer
+        self.reward_end = reward_end  # score "... <end>" against references ending in <end> (reference_text)
         self.samples = samples
         self.max_length = max_length
         self.sampler = keras_hub.samplers.RandomSampler(seed=seed)
@@ -163,11 +182,17 @@ class SelfCriticalTrainer:
         """features (batch, regions, channels) -> (batch * samples, max_length) ids, <pad> after <end>."""
         return padded_after_end(np.asarray(self._sample(tf.convert_to_tensor(features, tf.float32))))
 
+    def sample_text(self, token_ids: np.ndarray) -> str:
+        """A sampled row (<start> first, <pad> after <end>) as the scorer reads it: its words,
+        then, with reward_end, END_WORD when the sampler ended it."""
+        text = self.vocabulary.decode(token_ids[1:])
+        return f"{text} {END_WORD}".strip() if self.reward_end and END_ID in token_ids else text
+
     def train_batch(self, features, references: list[list[str]]) -> float:
         """One step on a batch of images and their (tokenized) references; returns the samples' mean reward."""
         token_ids = self.sample(features)
         token_ids = trimmed_to_longest(token_ids)
-        hypotheses = [self.vocabulary.decode(row[1:]) for row in token_ids]
+        hypotheses = [self.sample_text(row) for row in token_ids]
         rewards = self.scorer.scores(hypotheses, [image for image in references for _ in range(self.samples)])
         self._step(tf.convert_to_tensor(features, tf.float32), tf.convert_to_tensor(token_ids),
                    tf.convert_to_tensor(advantages(rewards, self.samples)))
@@ -181,10 +206,33 @@ class SelfCriticalCheckpoint:
     def __init__(self, folder: Path, history_path: Path):
         self.folder = Path(folder)
         self.history_path = Path(history_path)
-        self.state = {"epochs_done": 0, "weights_file": None, "history": [], "training_seconds": 0.0}
+        self.state = {"epochs_done": 0, "weights_file": None, "history": [], "training_seconds": 0.0,
+                      "best_epoch": None, "best_val_cider": None}
         state_path = self.folder / STATE_FILE
         if state_path.is_file():
-            self.state = json.loads(state_path.read_text())
+            self.state = {**self.state, **json.loads(state_path.read_text())}  # older states: no best epoch
+
+    def save_best(self, model, epoch: int, val_cider: float) -> bool:
+        """Keeps ``model`` as the best epoch if ``val_cider`` beats the best so far (state
+        written by the next save, or now for epoch 0); returns whether it did."""
+        if self.state["best_val_cider"] is not None and val_cider <= self.state["best_val_cider"]:
+            return False
+        with atomic_path(self.folder / BEST_WEIGHTS_FILE) as temporary:
+            model.save_weights(temporary)
+        self.state.update(best_epoch=epoch, best_val_cider=val_cider)
+        if epoch == 0:
+            write_json(self.folder / STATE_FILE, self.state)
+        return True
+
+    def restore_best(self, model) -> None:
+        """Loads the best epoch's weights into ``model`` when an epoch was chosen."""
+        if self.state["best_epoch"] is None:
+            return
+        path = self.folder / BEST_WEIGHTS_FILE
+        if not path.is_file():
+            raise RunError(f"{path}: the best self-critical epoch named by {self.folder / STATE_FILE} is missing; "
+                           f"delete {self.folder} to restart the self-critical phase")
+        model.load_weights(path)
 
     def restore(self, model) -> int:
         """Loads the last finished epoch into ``model`` if there is one; returns the epochs done."""
@@ -214,7 +262,7 @@ class SelfCriticalCheckpoint:
 
 def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, features_for, validation_callback,
                         verbose="auto"):
-    """The self-critical phase after phase 1; returns (a feature model holding the last epoch's
+    """The self-critical phase after phase 1; returns (a feature model holding the best (or last) epoch's
     decoder, the phase's checkpoint).
 
     data: train.TrainingData; phase_model: phase 1's best model; feature_shape: (regions,
@@ -232,17 +280,25 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     if epochs_done == 0:
         model.decoder.set_weights(phase_model.decoder.get_weights())
     if epochs_done >= training.self_critical_epochs:
+        checkpoint.restore_best(model)
         return model, checkpoint
     print(f"self-critical phase: {training.self_critical_epochs - epochs_done} epoch(s) of "
           f"{training.self_critical_samples} sampled captions per image, CIDEr-D reward, learning rate "
           f"{training.self_critical_learning_rate}" + (f"; resuming after epoch {epochs_done}" if epochs_done else ""))
-    references = [[spaced_words(caption) for caption in example.captions] for example in data.train_examples]
+    reward_end = training.self_critical_reward_end
+    references = [[reference_text(caption, reward_end) for caption in example.captions]
+                  for example in data.train_examples]
     trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), training.self_critical_samples,
-                                  config.decoder.max_length, seed=training.seed + epochs_done)
+                                  config.decoder.max_length, seed=training.seed + epochs_done, reward_end=reward_end)
     train_features = features_for(data.train_examples, "train")  # (images, regions, channels)
     callback = validation_callback()
     if callback is not None:
         callback.set_model(model)
+        if checkpoint.state["best_val_cider"] is None:  # phase 1's decoder is epoch 0
+            start = {}
+            callback.on_epoch_end(-1, start)
+            checkpoint.save_best(model, 0, start[CIDER_LOG_NAME])
+            print(f"self-critical phase starts from validation CIDEr-D {start[CIDER_LOG_NAME]:.4f}")
     batch_size = training.batch_size
     for epoch in range(epochs_done, training.self_critical_epochs):
         started = time.time()
@@ -259,6 +315,13 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
         if callback is not None:
             callback.on_epoch_end(epoch, logs)
         print(f"self-critical epoch {epoch + 1}: mean sampled CIDEr-D {logs['reward']:.4f}"
-              + (f", validation BLEU-4 {logs['val_bleu_4']:.4f}" if "val_bleu_4" in logs else ""))
+              + (f", validation BLEU-4 {logs['val_bleu_4']:.4f}, CIDEr-D {logs[CIDER_LOG_NAME]:.4f}"
+                 if CIDER_LOG_NAME in logs else ""))
+        if CIDER_LOG_NAME in logs:
+            checkpoint.save_best(model, epoch + 1, logs[CIDER_LOG_NAME])
         checkpoint.save(model, logs, time.time() - started)
+    if checkpoint.state["best_epoch"] is not None:
+        print(f"self-critical phase keeps epoch {checkpoint.state['best_epoch']} "
+              f"(validation CIDEr-D {checkpoint.state['best_val_cider']:.4f}; 0 is phase 1's decoder)")
+    checkpoint.restore_best(model)
     return model, checkpoint

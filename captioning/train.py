@@ -387,6 +387,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     facts = training_facts(phases, model)
     if self_critical is not None:
         facts["self_critical"] = {"epochs": self_critical.state["epochs_done"],
+                                  "best_epoch": self_critical.state["best_epoch"],  # 0: phase 1's decoder
                                   "training_seconds": round(self_critical.state["training_seconds"], 1),
                                   "learning_rate": config.training.self_critical_learning_rate,
                                   "samples": config.training.self_critical_samples,

@@ -1,8 +1,10 @@
 """Validation BLEU-4 per epoch: how the captions themselves improve, not only the loss.
 
 After every epoch the model greedy-decodes the first ``training.validation_bleu_images``
-early-stopping images and ``logs["val_bleu_4"]`` gets their corpus BLEU-4 against all
-references. It goes into the run's history (history.csv, state.json) and its training
+early-stopping images; ``logs["val_bleu_4"]`` gets their corpus BLEU-4 against all
+references and ``logs["val_cider"]`` their CIDEr-D (cider.py, document frequencies from
+those images' references, as pycocoevalcap counts them), which the self-critical phase
+uses to keep its best epoch. It goes into the run's history (history.csv, state.json) and its training
 curves PNG. Early stopping still watches the validation loss: BLEU on a few hundred
 images is noisy from epoch to epoch, the loss is not.
 
@@ -17,12 +19,14 @@ from typing import Callable, Iterable
 import keras
 import numpy as np
 
+from captioning.cider import CiderD
 from captioning.metrics import bleu_scores
 from captioning.search import build_sampler, generate_token_ids
 from captioning.config import GenerationConfig
-from captioning.vocabulary import Vocabulary
+from captioning.vocabulary import Vocabulary, spaced_words
 
 LOG_NAME = "val_bleu_4"
+CIDER_LOG_NAME = "val_cider"
 
 
 class ValidationBleu(keras.callbacks.Callback):
@@ -40,6 +44,8 @@ class ValidationBleu(keras.callbacks.Callback):
         self.vocabulary = vocabulary
         self.max_length = max_length
         self.sampler = build_sampler(GenerationConfig(sampler="greedy"))
+        self.spaced_references = [[spaced_words(caption) for caption in image] for image in references]
+        self.cider_scorer = CiderD(self.spaced_references)
 
     def captions(self) -> list[str]:
         captions = []
@@ -58,3 +64,9 @@ class ValidationBleu(keras.callbacks.Callback):
             raise ValueError(f"validation BLEU: {len(captions)} captions for {len(self.references)} images")
         if logs is not None:
             logs[LOG_NAME] = bleu_scores(self.references, captions)["bleu_4"]
+            logs[CIDER_LOG_NAME] = self.cider(captions)
+
+    def cider(self, captions: list[str]) -> float:
+        """Mean CIDEr-D of ``captions`` (one per image) against the references."""
+        hypotheses = [spaced_words(caption) for caption in captions]
+        return float(self.cider_scorer.scores(hypotheses, self.spaced_references).mean())

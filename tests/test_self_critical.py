@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
+from captioning.captioner import Captioner
 from captioning.cider import CiderD, ngram_counts
 from captioning.config import ConfigError
 from captioning.model import build_feature_model, compile_model
 from captioning.search import forbid_special_tokens
 from captioning.self_critical import (HISTORY_FILE, SelfCriticalTrainer, advantages, check_self_critical, sampling_logits,
-                                      padded_after_end, policy_gradient_loss)
+                                      padded_after_end, policy_gradient_loss, reference_text)
+from captioning.validation import ValidationBleu
 from captioning.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
 from conftest import tiny_config
 
@@ -58,6 +60,32 @@ def test_padded_after_end_keeps_the_end_token_and_pads_what_follows():
     np.testing.assert_array_equal(padded_after_end(token_ids), [[START_ID, 7, END_ID, PAD_ID, PAD_ID],
                                                                 [START_ID, 5, 6, 8, 4],
                                                                 [START_ID, END_ID, PAD_ID, PAD_ID, PAD_ID]])
+
+
+def test_samples_and_references_are_rewarded_with_their_end_token(tmp_path):
+    """reward_end: a reference ends in <end>, an ended sample too; a sample the sampler cut
+    at max_length does not. A caption stopped mid-phrase then loses the n-grams that end
+    the reference, so its reward falls further behind the finished caption's."""
+    assert reference_text("A dog runs on the grass.", True) == "a dog runs on the grass <end>"
+    assert reference_text("A dog runs on the grass.", False) == "a dog runs on the grass"
+    vocabulary = Vocabulary.build(["a dog runs on the grass"])
+    config = tiny_config(tmp_path, "decoder.max_length=6")
+    model = build_feature_model(config, vocabulary.size, (4, 8))
+    trainer = SelfCriticalTrainer(model, vocabulary, CiderD([["a dog"]]), samples=2, max_length=6)
+    ended = np.array([START_ID, *vocabulary.encode("a dog"), END_ID, PAD_ID])
+    cut = np.array([START_ID, *vocabulary.encode("a dog runs on")])
+    assert (trainer.sample_text(ended), trainer.sample_text(cut)) == ("a dog <end>", "a dog runs on")
+    trainer.reward_end = False
+    assert trainer.sample_text(ended) == "a dog"
+
+    def margin(reward_end):
+        references = [reference_text(caption, reward_end) for caption in REFERENCES[0]]
+        scorer = CiderD([[reference_text(caption, reward_end) for caption in image] for image in REFERENCES])
+        end = " <end>" if reward_end else ""
+        finished, stopped = scorer.scores([f"a dog runs on the grass{end}", f"a dog runs on the{end}"], [references] * 2)
+        return finished - stopped
+
+    assert margin(True) > margin(False)
 
 
 def test_each_advantage_is_the_reward_minus_the_mean_of_the_siblings():
@@ -152,7 +180,7 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
     """A tiny run: phase 1, then two self-critical epochs, interrupted after the first; the
     second train() call resumes with epoch 2 only and the run records both."""
     import captioning.self_critical as self_critical_module
-    from captioning.train import train
+    from captioning.train import frozen_feature_shape, train
 
     config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
                          "decoder.name=attention", "training.epochs=1", "training.self_critical_epochs=2",
@@ -166,6 +194,9 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
         raise KeyboardInterrupt
 
     monkeypatch.setattr(self_critical_module.SelfCriticalCheckpoint, "save", save_then_stop)
+    # validation CIDEr-D: phase 1's one epoch, its decoder at the start of the phase, then epochs 1 and 2
+    scores = iter([0.5, 1.0, 2.0, 1.5])
+    monkeypatch.setattr(ValidationBleu, "cider", lambda callback, captions: next(scores))
     with pytest.raises(KeyboardInterrupt):
         train(config, run_dir, verbose=0)
     state = json.loads((run_dir / "checkpoint" / "self_critical" / "state.json").read_text())
@@ -181,3 +212,17 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
     state = json.loads((run_dir / "checkpoint" / "self_critical" / "state.json").read_text())
     assert state["weights_file"] == "epoch-002.weights.h5"
     assert first_epoch_weights != (run_dir / "checkpoint" / "self_critical" / state["weights_file"]).read_bytes()
+    # the run keeps epoch 1, the best validation CIDEr-D, not the last
+    assert (state["best_epoch"], state["best_val_cider"], metrics["self_critical"]["best_epoch"]) == (1, 2.0, 1)
+
+    def checkpoint_decoder(weights_file):  # as train_self_critical restores one
+        model = build_feature_model(config, Vocabulary.load(run_dir / "vocabulary.json").size,
+                                    frozen_feature_shape(config))
+        compile_model(model, config.training)
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(run_dir / "checkpoint" / "self_critical" / weights_file)
+        return model.decoder.get_weights()
+
+    kept = Captioner.from_run(run_dir).model.decoder.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(kept, checkpoint_decoder("best.weights.h5")))
+    assert not all(np.array_equal(a, b) for a, b in zip(kept, checkpoint_decoder(state["weights_file"])))
