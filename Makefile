@@ -15,6 +15,8 @@
 #              [PART=decoders]   (only the decoder-training epoch seconds and FLOP utilization, about 3 min)
 #   make inspect IMG=path [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]   (PNGs: the encoder's input,
 #                first-layer filters, each block's strongest feature maps, attention; default OUT runs/inspect/<image>)
+#   make serve [MODEL=file.keras or run dir] [PORT=8000]   (a web page on 127.0.0.1 that captions an uploaded
+#              photo, with its top 3 beams and each word's attention; JSON API: POST /api/caption, field "image")
 #   make test
 #
 # BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
@@ -24,8 +26,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SPLIT ?= test
+PORT ?= 8000
 
-.PHONY: train caption evaluate compare bench inspect test venv clean-cache
+.PHONY: train caption evaluate compare bench inspect serve test venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -53,6 +56,9 @@ bench: $(INSTALLED)
 inspect: $(INSTALLED)
 	@test -n "$(IMG)" || { echo "usage: make inspect IMG=path/to/image [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]" >&2; exit 2; }
 	@$(PY) -m captioning inspect "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET)) $(if $(OUT),--out "$(OUT)")
+
+serve: $(INSTALLED)
+	$(PY) -m captioning serve $(if $(MODEL),--model "$(MODEL)") --port $(PORT)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

@@ -43,6 +43,8 @@ class Captioner:
         self.reader = ImageReader(config.images, normalization_for(config.encoder))
         self.sampler = build_sampler(config.generation)
         self._generate = tf.function(self._generate_eager, reduce_retracing=True)
+        self._top_beams_functions = {}  # top -> compiled beam search returning that many beams
+        self._teacher_forced_attention = tf.function(self._teacher_forced_attention_eager, reduce_retracing=True)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, overrides: list[str] = ()) -> "Captioner":
@@ -62,6 +64,26 @@ class Captioner:
         features = self.model.encoder(images, training=False)  # (batch, regions, channels)
         return generate_token_ids(self.model.decoder, features, self.config.decoder.max_length, self.sampler)
 
+    def _teacher_forced_attention_eager(self, images, token_ids):
+        """images: (1, y_size, x_size, 3); token_ids: (1, max_length - 1) -> attention weights
+        (1, max_length - 1, regions), row k the step that predicts token k + 1."""
+        features = self.model.encoder(images, training=False)  # (1, regions, channels)
+        _, attention = self.model.decoder((features, token_ids), training=False, return_attention=True)
+        return attention
+
+    def _top_beams_function(self, top: int):
+        """Beam search compiled once per ``top`` (eager, each call took seconds: a served
+        model answers many calls)."""
+        if top not in self._top_beams_functions:
+            sampler = build_top_beams_sampler(self.config.generation, top)
+
+            def generate_top_beams(images):
+                features = self.model.encoder(images, training=False)  # (batch, regions, channels)
+                return generate_token_ids(self.model.decoder, features, self.config.decoder.max_length, sampler)
+
+            self._top_beams_functions[top] = tf.function(generate_top_beams, reduce_retracing=True)
+        return self._top_beams_functions[top]
+
     def caption_images(self, images) -> list[str]:
         """images: (batch, y_size, x_size, 3) float32, normalized for this encoder."""
         token_ids = self._generate(tf.convert_to_tensor(images, tf.float32))  # (batch, max_length)
@@ -70,11 +92,10 @@ class Captioner:
     def top_captions(self, path: str, top: int) -> list[tuple[str, float]]:
         """The ``top`` beams for one image, best first, each with its score: the summed
         log-probability, divided by the length penalty when generation.length_penalty > 0."""
-        sampler = build_top_beams_sampler(self.config.generation, top)
+        generate_top_beams = self._top_beams_function(top)
         with self.reader.reporting_errors():
             images = next(iter(image_dataset([str(path)], self.reader, 1)))  # (1, y_size, x_size, 3)
-        features = self.model.encoder(images, training=False)  # (1, regions, channels)
-        token_ids, scores = generate_token_ids(self.model.decoder, features, self.config.decoder.max_length, sampler)
+        token_ids, scores = generate_top_beams(images)  # (1, beams, max_length), (1, beams)
         token_ids, scores = np.asarray(token_ids)[0, :top], np.asarray(scores)[0, :top]  # (top, max_length), (top,)
         return [(self.vocabulary.decode(row[1:]), float(score)) for row, score in zip(token_ids, scores)]
 
@@ -87,8 +108,7 @@ class Captioner:
         with self.reader.reporting_errors():
             images = next(iter(image_dataset([str(path)], self.reader, 1)))  # (1, y_size, x_size, 3)
         token_ids = np.asarray(self._generate(images))[0]  # (max_length,), <start> first
-        features = self.model.encoder(images, training=False)  # (1, regions, channels)
-        _, attention = self.model.decoder((features, token_ids[None, :-1]), training=False, return_attention=True)
+        attention = self._teacher_forced_attention(images, tf.constant(token_ids[None, :-1]))
         attention = np.asarray(attention)[0]  # (max_length - 1, regions): row k predicts token k + 1
         generated = token_ids[1:].tolist()
         length = generated.index(END_ID) + 1 if END_ID in generated else len(generated)

@@ -6,6 +6,7 @@
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--readme NAME]
     python -m captioning bench [--quick] [--decoders] [--out FILE.json] [--set ...]
     python -m captioning inspect IMAGE [--run DIR | --experiment FILE] [--set ...] [--out DIR]
+    python -m captioning serve [--model FILE.keras | RUN_DIR] [--port 8000] [--host 127.0.0.1]
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def parse_arguments(argv):
     inspect.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                          help="config overrides, e.g. encoder.name=vgg16 encoder.weights=none")
     inspect.add_argument("--out", help="folder for the PNGs (default: runs/inspect/<image name>)")
+
+    serve = commands.add_parser("serve", help="a web page (and JSON API) that captions uploaded photos")
+    serve.add_argument("--model", help="a one-file model (.keras) or a run directory (default: "
+                                       "models/flickr8k.keras if present, else the latest trained run)")
+    serve.add_argument("--port", type=positive_int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     return parser.parse_args(argv)
 
 
@@ -208,8 +215,14 @@ def run_inspect(arguments) -> None:
         print(path)
 
 
+def run_serve(arguments) -> None:
+    from captioning import serve
+
+    serve.serve(serve.load_captioner(arguments.model), host=arguments.host, port=arguments.port)
+
+
 COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare,
-            "bench": run_bench_command, "inspect": run_inspect}
+            "bench": run_bench_command, "inspect": run_inspect, "serve": run_serve}
 
 
 def main(argv=None) -> int:

@@ -100,9 +100,13 @@ def _read_file_bytes(path: str | os.PathLike) -> bytes:
         raise ImageLoadError(path, "is a directory, not a file") from None
     except OSError as error:
         raise ImageLoadError(path, f"cannot read file ({error.strerror or error})") from error
+    _check_not_empty(data, path)
+    return data
+
+
+def _check_not_empty(data: bytes, path: str | os.PathLike) -> None:
     if not data:
         raise ImageLoadError(path, "empty file (0 bytes)")
-    return data
 
 
 def _open_image(data: bytes, path: str | os.PathLike) -> Image.Image:
@@ -204,6 +208,21 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """
     data = _read_file_bytes(path)
     return np.asarray(_decode_rgb(data, path), dtype=np.uint8)
+
+
+def read_rgb_bytes(data: bytes, name: str) -> np.ndarray:
+    """``read_rgb`` for bytes already in memory (an upload): the same checks and messages,
+    naming ``name`` (the uploaded file's name) as the file.
+
+    Returns:
+        uint8 array (height, width, 3), upright.
+
+    Raises:
+        ImageLoadError: empty, truncated, not an image, larger than MAX_PIXELS, or otherwise
+            undecodable.
+    """
+    _check_not_empty(data, name)
+    return np.asarray(_decode_rgb(data, name), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------
