@@ -110,7 +110,8 @@ class Captioner:
 
             self._generate_top[top] = tf.function(generate, reduce_retracing=True)
         token_ids, scores = self._generate_top[top](tf.convert_to_tensor(images, tf.float32))
-        token_ids, scores = np.asarray(token_ids)[:, :top], np.asarray(scores)[:, :top]  # (batch, top, length), (batch, top)
+        token_ids = np.asarray(token_ids)[:, :top]  # (batch, top, max_length)
+        scores = np.asarray(scores)[:, :top]  # (batch, top)
         return [[(self.vocabulary.decode(row[1:]), float(score)) for row, score in zip(image_rows, image_scores)]
                 for image_rows, image_scores in zip(token_ids, scores)]
 

@@ -66,8 +66,8 @@ def parse_arguments(argv):
                          help="any image Pillow reads (PNG, JPEG, ...), or a folder of them; several images, a "
                               "folder or --out caption in batches and write one row per image")
     caption.add_argument("--run", help="run directory (default: --model's default)")
-    caption.add_argument("--model", help=f"a one-file model from 'export' (default: {DEFAULT_MODEL.relative_to(REPOSITORY_ROOT)} "
-                                         "if it exists, else the latest trained run)")
+    caption.add_argument("--model", help="a one-file model from 'export' (default: "
+                                         f"{DEFAULT_MODEL.relative_to(REPOSITORY_ROOT)} if it exists, else the latest run)")
     caption.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
                          help="write one row per image (path, caption, error) here; the exit status is the "
                               "number of images that failed (at most 255)")
@@ -228,7 +228,8 @@ def run_export(arguments) -> None:
 
     path = export_run(arguments.run, arguments.out)
     summary = describe(read_model_file(path))  # read back: the file loads on its own
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): " + ", ".join(f"{key} {value}" for key, value in summary.items()))
+    facts = ", ".join(f"{key} {value}" for key, value in summary.items())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {facts}")
 
 
 def run_evaluate(arguments) -> None:

@@ -163,7 +163,9 @@ def read_model_file(path: str | Path) -> PackagedCaptioner:
 def describe(packaged: PackagedCaptioner) -> dict:
     """What a model file holds, for printing after an export."""
     config = packaged.experiment_config()
-    return {"name": config.name, "encoder": config.encoder.name, "decoder": f"{config.decoder.name} ({config.decoder.cell})",
-            "image_size": [config.images.x_size, config.images.y_size], "normalization": normalization_for(config.encoder),
+    return {"name": config.name, "encoder": config.encoder.name,
+            "decoder": f"{config.decoder.name} ({config.decoder.cell})",
+            "image_size": [config.images.x_size, config.images.y_size],
+            "normalization": normalization_for(config.encoder),
             "vocabulary": packaged.vocab_size, "generation": config.generation.sampler,
             "parameters": packaged.caption_model.count_params()}
