@@ -3,10 +3,14 @@
 # nothing installed by hand.
 #
 #   make train [EXPERIMENT=file, default experiments/shapes_conv_gru.toml] [RUN=dir] [SET="section.field=value ..."]
-#   make caption IMG=path [RUN=dir] [BEAM=width] [TOP=n]   (TOP: the n best beams with their log-probabilities)
+#   make caption IMG=path [RUN=dir | MODEL=file.keras] [BEAM=width] [TOP=n]   (TOP: the n best beams with their
+#                log-probabilities; with no RUN or MODEL, the shipped models/flickr8k.keras, else the latest run)
+#                IMG="a.jpg b.png some/folder/" [OUT=captions.csv or .jsonl]   (batch: the model loads once, one row
+#                per image with path, caption and error; the exit status is the number of images that failed)
 #                [ATTENTION=out.png]   (attention decoders: one panel per word with its attention map)
 #                [SET=...]   ("generation.sampler=top_p" samples a caption; "generation.no_repeat_ngram_size=3"
 #                            never repeats three words)
+#   make export RUN=dir OUT=file.keras   (one file: encoder and decoder weights, config, vocabulary)
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json] [BEAM=width]
 #   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes/] [OUT=dir, default runs/compare]
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
@@ -28,7 +32,7 @@ INSTALLED := $(VENV)/.installed
 SPLIT ?= test
 PORT ?= 8000
 
-.PHONY: train caption evaluate compare bench inspect serve test venv clean-cache
+.PHONY: train caption export evaluate compare bench inspect serve test venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -41,8 +45,12 @@ train: $(INSTALLED)
 	$(PY) -m captioning train $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET))
 
 caption: $(INSTALLED)
-	@test -n "$(IMG)" || { echo "usage: make caption IMG=path/to/image [RUN=dir] [BEAM=width] [TOP=n] [ATTENTION=out.png] [SET=...]" >&2; exit 2; }
-	@$(PY) -m captioning caption "$(IMG)" $(if $(RUN),--run $(RUN)) $(if $(BEAM),--beam $(BEAM)) $(if $(TOP),--top $(TOP)) $(if $(ATTENTION),--attention "$(ATTENTION)") $(if $(SET),--set $(SET))
+	@test -n "$(IMG)" || { echo "usage: make caption IMG=\"image.jpg [more.png some/folder/]\" [RUN=dir | MODEL=file.keras, default models/flickr8k.keras] [OUT=captions.csv|.jsonl] [BEAM=width] [TOP=n] [ATTENTION=out.png] [SET=...]" >&2; exit 2; }
+	@$(PY) -m captioning caption $(IMG) $(if $(RUN),--run $(RUN)) $(if $(MODEL),--model "$(MODEL)") $(if $(OUT),--out "$(OUT)") $(if $(BEAM),--beam $(BEAM)) $(if $(TOP),--top $(TOP)) $(if $(ATTENTION),--attention "$(ATTENTION)") $(if $(SET),--set $(SET))
+
+export: $(INSTALLED)
+	@test -n "$(RUN)" -a -n "$(OUT)" || { echo "usage: make export RUN=path/to/run OUT=file.keras" >&2; exit 2; }
+	@$(PY) -m captioning export --run "$(RUN)" --out "$(OUT)"
 
 evaluate: $(INSTALLED)
 	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT)) $(if $(BEAM),--beam $(BEAM))

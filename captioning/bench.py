@@ -16,6 +16,8 @@ step) is excluded from every timing, and each timing is the best of ``repeats`` 
 | rnn_epoch_seconds | one epoch of the shipped rnn decoder (flickr8k_mobilenet_lstm.toml) on 6,000 synthetic Flickr8k-shaped images x 5 captions (decoder_bench.py) | <= 45 |
 | attention_epoch_seconds | the same for the shipped attention recipe (flickr8k_attention_scst.toml) | <= 90 |
 | attention_flops_utilization | the attention training step's FLOP rate (FLOPs counted from the layer sizes, decoder_bench.py) / a float32 (1024 x 1536) @ (1536 x 2048) matmul's, both measured in the run | >= 0.4 |
+| batch_caption_images_per_second | `make caption IMG=folder OUT=x.csv` inside one process: images captioned per second (beam 3, a one-file model of the experiment, model loading and tracing excluded) | (none) |
+| batch_vs_per_call_speedup | that throughput / one `python -m captioning caption IMAGE --model FILE` process per image (the seconds of a few such processes, averaged) | >= 20 |
 
 Speed differs between machines of one kind by up to about 2x: the run prints this
 machine's matmul rate beside the figures (``details.attention_flops_utilization``).
@@ -60,6 +62,8 @@ TARGETS = {
     "rnn_epoch_seconds": ("rnn decoder: one Flickr8k-sized epoch (decoder_bench.py)", "<=", 45.0, " s"),
     "attention_epoch_seconds": ("attention decoder: one Flickr8k-sized epoch", "<=", 90.0, " s"),
     "attention_flops_utilization": ("attention step FLOP rate / this machine's matmul rate", ">=", 0.4, "x"),
+    "batch_caption_images_per_second": ("batch captioning, beam 3: images per second", None, None, "/s"),
+    "batch_vs_per_call_speedup": ("batch captioning / one caption process per image", ">=", 20.0, "x"),
 }
 
 
@@ -83,18 +87,21 @@ class BenchSizes:
     decoder_images: int  # 6-8: images of the synthetic Flickr8k (decoder_bench.py)
     decoder_timed_steps: int  # 6-8: steps timed per decoder (after warm-up steps) and scaled to the epoch
     decoder_warmup_steps: int
+    batch_caption_images: int  # 9: images captioned in one batch run (after a warm-up batch)
+    per_call_processes: int  # 9: `caption` processes timed, one image each
     overrides: tuple[str, ...] = ()  # config overrides on top of the experiment
 
 
 FULL = BenchSizes(image_size=224, photo_size=SYNTHETIC_PHOTO_SIZE, extraction_images=256, extraction_batch=32,
                   training_batch=16, cached_steps=30, full_steps=3, generation_images=64, cache_images=500,
                   memory_images=6000, memory_steps=200, vocabulary_words=2500, repeats=2, decoder_images=6000,
-                  decoder_timed_steps=40, decoder_warmup_steps=4)
+                  decoder_timed_steps=40, decoder_warmup_steps=4, batch_caption_images=64,
+                  per_call_processes=3)
 # For the test suite: every code path in seconds; its numbers mean nothing.
 QUICK = BenchSizes(image_size=32, photo_size=(48, 40), extraction_images=8, extraction_batch=4, training_batch=4,
                    cached_steps=2, full_steps=1, generation_images=4, cache_images=10, memory_images=40,
                    memory_steps=3, vocabulary_words=30, repeats=1, decoder_images=48, decoder_timed_steps=2,
-                   decoder_warmup_steps=1,
+                   decoder_warmup_steps=1, batch_caption_images=4, per_call_processes=1,
                    overrides=("decoder.units=16", "decoder.embedding_dim=8", "decoder.max_length=6"))
 
 
@@ -343,6 +350,45 @@ def measure_batched_beam(config, feature_shape, vocab_size: int, sizes: BenchSiz
     }
 
 
+def measure_batch_captioning(config, paths: list[str], work: Path, sizes: BenchSizes) -> tuple[float, dict]:
+    """9. Batch captioning against one process per image, on a one-file model of the
+    experiment (random weights, a synthetic vocabulary, beam 3): images per second of
+    ``caption_files`` once the model is loaded and traced, and the seconds of a whole
+    ``python -m captioning caption IMAGE --model FILE`` process (start, imports, loading,
+    one caption), averaged over ``per_call_processes``. Returns (speedup, details)."""
+    from captioning.batch_caption import caption_files
+    from captioning.captioner import Captioner
+    from captioning.config import to_dict
+    from captioning.model_file import PackagedCaptioner
+    from captioning.vocabulary import SPECIAL_TOKENS
+
+    tokens = [*SPECIAL_TOKENS, *(f"word{index}" for index in range(sizes.vocabulary_words))]
+    model_config = with_values(config, generation={"sampler": "beam", "beam_width": 3}, images={"cache": False})
+    model_path = work / "bench_captioner.keras"
+    PackagedCaptioner(experiment=to_dict(model_config), vocab_size=len(tokens), tokens=tokens).save(model_path)
+    captioner = Captioner.from_model_file(model_path)
+    batch_size = 32
+    images = paths[:sizes.batch_caption_images]
+    caption_files(captioner, images[:batch_size])  # warm-up: traces generation for a full batch
+    batch_seconds = best_seconds(lambda: caption_files(captioner, images, batch_size=batch_size), sizes.repeats)
+    images_per_second = len(images) / batch_seconds
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
+    process_seconds = []
+    for path in paths[:sizes.per_call_processes]:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "captioning", "caption", path, "--model", str(model_path)], check=True,
+                       env=environment, stdout=subprocess.DEVNULL)
+        process_seconds.append(time.perf_counter() - start)
+    per_call_seconds = float(np.mean(process_seconds))
+    return per_call_seconds * images_per_second, {
+        "images": len(images), "batch_size": batch_size, "beam_width": 3, "max_length": config.decoder.max_length,
+        "vocabulary": len(tokens), "images_per_second": images_per_second,
+        "per_call_seconds": [round(seconds, 2) for seconds in process_seconds],
+        "note": "untrained model: every caption runs to max_length",
+    }
+
+
 def measure_image_cache(config, paths: list[str], work: Path, sizes: BenchSizes) -> tuple[float, dict]:
     """4. ``images.load_image`` (read, decode, resize, normalize) against ``ImageCache.load``
     (read and hash the file, look it up, read the .npy, check its hash), one image at a time."""
@@ -446,9 +492,16 @@ def measure_decoder_epochs(sizes: BenchSizes, work: Path, details: dict) -> None
 
 def meets_target(key: str, value: float) -> bool:
     _, comparison, target, _ = TARGETS[key]
+    if comparison is None:  # a figure without a target (batch_caption_images_per_second)
+        return True
     if comparison == ">=":
         return value >= target
     return value <= target if comparison == "<=" else value < target
+
+
+def target_text(key: str) -> str:
+    _, comparison, target, _ = TARGETS[key]
+    return "none" if target is None else f"{comparison} {target:g}"
 
 
 def format_table(results: dict) -> str:
@@ -456,15 +509,15 @@ def format_table(results: dict) -> str:
     for key, (what, comparison, target, unit) in TARGETS.items():
         if key not in results:  # bench --decoders
             continue
-        measured, wanted = f"{results[key]:.2f}{unit}", f"{comparison} {target:g}{unit}"
-        verdict = "met" if meets_target(key, results[key]) else "NOT met"
+        measured, wanted = f"{results[key]:.2f}{unit}", target_text(key) + (unit if target is not None else "")
+        verdict = "" if target is None else "met" if meets_target(key, results[key]) else "NOT met"
         lines.append(f"{what:<58} {measured:>10} {wanted:>10}  {verdict}")
     return "\n".join(lines)
 
 
 def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, work_dir=None,
               decoders_only: bool = False) -> dict:
-    """Runs the eight measurements (``decoders_only``: the last three); prints the table and
+    """Runs the ten measurements (``decoders_only``: the three decoder ones); prints the table and
     returns (and writes to ``out``) the JSON."""
     from captioning.files import write_json
 
@@ -489,20 +542,22 @@ def run_bench(quick: bool = False, overrides=(), out: str | Path | None = None, 
             ("cache_vs_decode_speedup", lambda: measure_image_cache(config, paths[:sizes.cache_images], work, sizes)),
             ("training_peak_memory_gb", lambda: measure_training_memory(
                 config, overrides, details["feature_extraction_vs_predict"]["feature_shape"], work, sizes)),
+            ("batch_vs_per_call_speedup", lambda: measure_batch_captioning(config, paths, work, sizes)),
         ]
         for key, measure in steps:
             print(f"bench: {TARGETS[key][0]} ...", flush=True)
             step_started = time.perf_counter()
             results[key], details[key] = measure()
             details[key]["seconds"] = round(time.perf_counter() - step_started, 1)
+        if not decoders_only:
+            results["batch_caption_images_per_second"] = details["batch_vs_per_call_speedup"]["images_per_second"]
         measure_decoder_epochs(sizes, work, details)
         results["rnn_epoch_seconds"] = details["rnn_epoch_seconds"]["epoch_seconds"]
         results["attention_epoch_seconds"] = details["attention_epoch_seconds"]["epoch_seconds"]
         utilization = details["attention_flops_utilization"]
         results["attention_flops_utilization"] = utilization["step_gflop_per_second"] / utilization["matmul_gflop_per_second"]
     report = {**{key: float(value) for key, value in results.items()},
-              "targets": {key: f"{comparison} {target:g}" for key, (_, comparison, target, _) in TARGETS.items()
-                          if key in results},
+              "targets": {key: target_text(key) for key in TARGETS if key in results},
               "quick": quick, "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - started, 1),
               "details": details}
     print(format_table(results))

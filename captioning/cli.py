@@ -1,7 +1,9 @@
 """Command line: parses arguments and calls the library; nothing else.
 
     python -m captioning train [--experiment FILE] [--run DIR] [--set section.field=value ...]
-    python -m captioning caption IMAGE [--run DIR] [--beam WIDTH] [--top N] [--attention OUT.png]
+    python -m captioning caption IMAGE_OR_FOLDER ... [--run DIR | --model FILE.keras] [--beam WIDTH] [--top N]
+                                 [--attention OUT.png] [--out captions.csv|.jsonl]
+    python -m captioning export --run DIR --out FILE.keras
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--readme NAME]
     python -m captioning bench [--quick] [--decoders] [--out FILE.json] [--set ...]
@@ -24,6 +26,8 @@ DEFAULT_EXPERIMENT = REPOSITORY_ROOT / "experiments" / "shapes_conv_gru.toml"
 # `make compare`'s default: shapes configs that each change one thing of DEFAULT_EXPERIMENT,
 # sized to finish in under half an hour on 2 CPU cores.
 DEFAULT_COMPARISON = REPOSITORY_ROOT / "experiments" / "shapes"
+# The shipped model (models/README.md): `caption` uses it when no --run or --model is given.
+DEFAULT_MODEL = REPOSITORY_ROOT / "models" / "flickr8k.keras"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter hides our output
 
@@ -58,9 +62,17 @@ def parse_arguments(argv):
     train.add_argument("--run", help="run directory (default: a new one under runs/, or the interrupted one)")
     train.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides")
 
-    caption = commands.add_parser("caption", help="print a caption for an image")
-    caption.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
-    caption.add_argument("--run", help="run directory (default: the latest trained run)")
+    caption = commands.add_parser("caption", help="print a caption for an image, or write captions for many")
+    caption.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="any image Pillow reads (PNG, JPEG, ...), or a folder of them; several images, a "
+                              "folder or --out caption in batches and write one row per image")
+    caption.add_argument("--run", help="run directory (default: --model's default)")
+    caption.add_argument("--model", help="a one-file model from 'export' (default: "
+                                         f"{DEFAULT_MODEL.relative_to(REPOSITORY_ROOT)} if it exists, else the latest run)")
+    caption.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
+                         help="write one row per image (path, caption, error) here; the exit status is the "
+                              "number of images that failed (at most 255)")
+    caption.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
     caption.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                          help="generation overrides, e.g. generation.sampler=top_p generation.no_repeat_ngram_size=3")
     caption.add_argument("--beam", type=positive_int, metavar="WIDTH",
@@ -71,6 +83,10 @@ def parse_arguments(argv):
     caption.add_argument("--attention", metavar="OUT.png",
                          help="also write the image once per generated word with that word's attention map "
                               "(runs trained with decoder.name=attention)")
+
+    export = commands.add_parser("export", help="write a trained run as one .keras file (weights, config, vocabulary)")
+    export.add_argument("--run", required=True, help="run directory")
+    export.add_argument("--out", required=True, metavar="FILE.keras", help="the model file to write")
 
     evaluate = commands.add_parser("evaluate", help="score a run on a split")
     evaluate.add_argument("--run", help="run directory (default: the latest trained run)")
@@ -145,25 +161,82 @@ def run_train(arguments) -> None:
     train(config, run_dir)
 
 
-def run_caption(arguments) -> None:
-    from captioning.images import read_rgb
+def load_captioner(arguments):
+    """--model, --run, the shipped model, or the latest run, in that order, with --set and --beam."""
+    from captioning.captioner import Captioner
+    from captioning.config import ConfigError
     from captioning.runs import latest_run
 
-    read_rgb(arguments.image)  # a bad image fails here, before the model loads
-    run_dir = arguments.run or latest_run()
-    from captioning.captioner import Captioner
+    overrides = arguments.set + beam_overrides(arguments.beam)
+    if arguments.model and arguments.run:
+        raise ConfigError("give --model or --run, not both")
+    if arguments.model:
+        return Captioner.from_model_file(arguments.model, overrides)
+    if arguments.run:
+        return Captioner.from_run(arguments.run, overrides)
+    if DEFAULT_MODEL.is_file():
+        return Captioner.from_model_file(DEFAULT_MODEL, overrides)
+    return Captioner.from_run(latest_run(), overrides)
 
-    captioner = Captioner.from_run(run_dir, arguments.set + beam_overrides(arguments.beam))
+
+def is_batch(arguments) -> bool:
+    return len(arguments.images) > 1 or Path(arguments.images[0]).is_dir() or arguments.out is not None
+
+
+def run_caption(arguments) -> int:
+    from captioning.images import read_rgb
+
+    if is_batch(arguments):
+        return run_batch_caption(arguments)
+    image = arguments.images[0]
+    read_rgb(image)  # a bad image fails here, before the model loads
+    captioner = load_captioner(arguments)
     if arguments.attention is not None:
         from captioning.attention_plot import plot_attention
 
-        maps = captioner.attention_maps(arguments.image)
+        maps = captioner.attention_maps(image)
         plot_attention(maps.image, maps.words, maps.attention, arguments.attention, title=maps.caption)
     if arguments.top is None:
-        print(captioner.caption_paths([arguments.image])[0])
-        return
-    for caption, score in captioner.top_captions(arguments.image, arguments.top):
+        print(captioner.caption_paths([image])[0])
+        return 0
+    for caption, score in captioner.top_captions(image, arguments.top):
         print(f"{score:9.4f}  {caption}")
+    return 0
+
+
+def run_batch_caption(arguments) -> int:
+    """Rows to --out (or tab-separated lines to stdout); returns the number of failed images (at most 255)."""
+    from captioning.batch_caption import caption_files, check_output_path, failed_count, image_paths, write_rows
+    from captioning.config import ConfigError
+
+    if arguments.attention is not None:
+        raise ConfigError("--attention draws one image; give a single image without --out")
+    if arguments.out is not None:
+        check_output_path(arguments.out)  # before the model loads
+    paths = image_paths(arguments.images)
+    captioner = load_captioner(arguments)
+    rows = caption_files(captioner, paths, batch_size=arguments.batch_size, top=arguments.top,
+                         progress=arguments.out is not None)
+    failed = failed_count(rows)
+    if arguments.out is not None:
+        write_rows(rows, arguments.out)
+        print(f"wrote {len(rows)} rows to {arguments.out} ({len(rows) - failed} captioned, {failed} failed)")
+    else:
+        for row in rows:
+            print(f"{row['path']}\t{row['caption']}" if not row["error"] else f"{row['path']}\terror: {row['error']}")
+    for row in rows:
+        if row["error"]:
+            print(f"error: {row['error']}", file=sys.stderr)
+    return min(failed, 255)
+
+
+def run_export(arguments) -> None:
+    from captioning.model_file import describe, export_run, read_model_file
+
+    path = export_run(arguments.run, arguments.out)
+    summary = describe(read_model_file(path))  # read back: the file loads on its own
+    facts = ", ".join(f"{key} {value}" for key, value in summary.items())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {facts}")
 
 
 def run_evaluate(arguments) -> None:
@@ -221,8 +294,8 @@ def run_serve(arguments) -> None:
     serve.serve(serve.load_captioner(arguments.model), host=arguments.host, port=arguments.port)
 
 
-COMMANDS = {"train": run_train, "caption": run_caption, "evaluate": run_evaluate, "compare": run_compare,
-            "bench": run_bench_command, "inspect": run_inspect, "serve": run_serve}
+COMMANDS = {"train": run_train, "caption": run_caption, "export": run_export, "evaluate": run_evaluate,
+            "compare": run_compare, "bench": run_bench_command, "inspect": run_inspect, "serve": run_serve}
 
 
 def main(argv=None) -> int:
@@ -233,11 +306,11 @@ def main(argv=None) -> int:
     from captioning.errors import USER_ERRORS
 
     try:
-        COMMANDS[arguments.command](arguments)
+        status = COMMANDS[arguments.command](arguments)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

@@ -1,12 +1,14 @@
 """The errors a user can cause and fix; the CLI prints them as one line, without a traceback."""
 
+from captioning.batch_caption import BatchCaptionError
 from captioning.config import ConfigError
 from captioning.datasets import DatasetError
 from captioning.encoders import EncoderWeightsError
 from captioning.features import FeatureCacheError
 from captioning.images import ImageLoadError
+from captioning.model_file import ModelFileError
 from captioning.readme_results import ReadmeError
 from captioning.runs import RunError
 
-USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError, ImageLoadError, ReadmeError,
-               RunError)
+USER_ERRORS = (BatchCaptionError, ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError, ImageLoadError,
+               ModelFileError, ReadmeError, RunError)

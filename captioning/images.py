@@ -316,11 +316,26 @@ def _check_sizes(x_size: int, y_size: int) -> None:
 def _pixels_from_bytes(
     data: bytes, path: str | os.PathLike, x_size: int, y_size: int, normalization: str
 ) -> np.ndarray:
-    image = _decode_rgb(data, path)
+    return _resized_normalized(_decode_rgb(data, path), x_size, y_size, normalization)
+
+
+def _resized_normalized(image: Image.Image, x_size: int, y_size: int, normalization: str) -> np.ndarray:
+    """An RGB Pillow image -> float32 (y_size, x_size, 3), resized and normalized."""
     if image.size != (x_size, y_size):
         image = image.resize((x_size, y_size), RESAMPLING)
     pixels = np.asarray(image, dtype=np.float32)  # (y_size, x_size, 3), 0..255
     return np.ascontiguousarray(get_normalization(normalization)(pixels), dtype=np.float32)
+
+
+def load_pil_image(image: Image.Image, x_size: int, y_size: int, normalization: str,
+                   source: str = "a PIL image") -> np.ndarray:
+    """``load_image`` for an image already in memory: converted to RGB as files are
+    (transparency onto white, grayscale and palette expanded), resized and normalized.
+
+    Returns float32 (y_size, x_size, 3); ``source`` names the image in errors."""
+    _check_sizes(x_size, y_size)
+    get_normalization(normalization)
+    return _resized_normalized(_to_rgb(image, source), x_size, y_size, normalization)
 
 
 def load_image(

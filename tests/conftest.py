@@ -85,3 +85,17 @@ def interrupt_after(epoch_number):
         if epoch + 1 == epoch_number:
             raise KeyboardInterrupt("simulated interruption")
     return on_epoch_end
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tiny_data_root):
+    """The tiny trained run as a one-file model (make export)."""
+    from captioning.model_file import export_run
+
+    return export_run(trained_run, tiny_data_root / "tiny.keras")
+
+
+@pytest.fixture(scope="session")
+def shapes_test_images(trained_run, tiny_data_root):
+    """Paths of the tiny data set's test images (PNG), sorted."""
+    return sorted(str(path) for path in (tiny_data_root / "shapes" / "test" / "images").glob("*.png"))

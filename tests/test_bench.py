@@ -10,6 +10,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from captioning.bench import TARGETS, format_table, meets_target, random_tokens, synthetic_photos
@@ -19,7 +20,7 @@ from captioning.vocabulary import END_ID, PAD_ID, START_ID
 
 KEYS = ["feature_extraction_vs_predict", "cached_training_speedup", "batched_beam_speedup",
         "cache_vs_decode_speedup", "training_peak_memory_gb", "rnn_epoch_seconds", "attention_epoch_seconds",
-        "attention_flops_utilization"]
+        "attention_flops_utilization", "batch_caption_images_per_second", "batch_vs_per_call_speedup"]
 
 
 def test_quick_bench_writes_every_figure_as_a_positive_finite_number(tmp_path, capsys):
@@ -33,6 +34,10 @@ def test_quick_bench_writes_every_figure_as_a_positive_finite_number(tmp_path, c
     assert report["details"]["images"].startswith("synthetic")  # no data set needed
     assert report["details"]["training_peak_memory_gb"]["steps"] == 3
     assert 0.05 < report["training_peak_memory_gb"] < 8  # a TensorFlow process, not a number of KiB or bytes
+    batch = report["details"]["batch_vs_per_call_speedup"]
+    assert len(batch["per_call_seconds"]) == 1 and batch["per_call_seconds"][0] > 1  # a whole `caption` process
+    assert report["batch_vs_per_call_speedup"] == pytest.approx(
+        batch["per_call_seconds"][0] * report["batch_caption_images_per_second"], rel=0.01)
     printed = capsys.readouterr().out
     for key in KEYS:
         assert TARGETS[key][0] in printed  # the table
