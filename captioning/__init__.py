@@ -12,12 +12,11 @@ The Python API (TensorFlow is imported on first use, not by ``import captioning`
 
 __all__ = ["Captioner", "load", "load_config", "train"]
 
-_LAZY = {"Captioner": "captioning.captioner", "load": "captioning.captioner", "load_config": "captioning.config"}
+_LAZY = {"Captioner": "captioning.captioner", "load": "captioning.captioner", "load_config": "captioning.config",
+         "train": "captioning.training"}
 
 
 def __getattr__(name):
-    # ``train`` needs no entry: importing the submodule captioning.train binds it here, and
-    # that module is callable as train(config, run_dir) (see the end of train.py).
     if name in _LAZY:
         import importlib
 

@@ -244,7 +244,7 @@ def measure_feature_extraction(config, paths: list[str], work: Path, sizes: Benc
     from captioning.encoders import build_encoder, normalization_for
     from captioning.images import load_image
     from captioning.model import image_shape
-    from captioning.train import cached_features, feature_encoder
+    from captioning.training import cached_features, feature_encoder
 
     batch = sizes.extraction_batch
     config = with_values(config, training={"batch_size": batch})

@@ -151,7 +151,7 @@ def evaluation_name(split: str, overrides: list[str], beam: int | None) -> str:
 def run_train(arguments) -> None:
     from captioning.config import load_config
     from captioning.runs import load_run_config, new_run_dir, unfinished_run_with_config
-    from captioning.train import train
+    from captioning.training import train
 
     if arguments.run and Path(arguments.run, "config.toml").is_file() and not arguments.experiment:
         config = load_run_config(Path(arguments.run), arguments.set)  # resume a named run with its own config

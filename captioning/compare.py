@@ -42,7 +42,7 @@ from captioning.gradients import mean_norm_per_layer
 from captioning.plots import plot_layer_gradient_norms, plot_learning_curves, plot_metric_bars
 from captioning.runs import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, RUNS_ROOT, VOCABULARY_FILE, WEIGHTS_FILE,
                              is_finished, new_run_dir, saved_configs)
-from captioning.train import prepare_run_dir, train
+from captioning.training import prepare_run_dir, train
 
 # Caption metrics from metrics.json; the optional ones get a column only when some run has them.
 METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",

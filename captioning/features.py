@@ -22,7 +22,7 @@ computes the i-th contiguous slice of the images (``distribution.shard_bounds``)
 order into ``features.npy`` and writes the manifest; the other workers wait for that
 manifest and then memory-map the same file. This needs ``cache_root`` on a filesystem every
 worker sees; without one, ``images.feature_cache_shared = false`` makes every worker
-extract every image into a folder of its own (see train.py).
+extract every image into a folder of its own (see training.py).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ NOT_IN_KEY = ("fine_tune_layers",)
 
 def encoder_is_frozen(config: EncoderConfig) -> bool:
     """Only a pretrained backbone that nothing fine-tunes during training.epochs gives the same
-    features every epoch; with encoder.fine_tune_layers that is phase 1 (train.py)."""
+    features every epoch; with encoder.fine_tune_layers that is phase 1 (training.py)."""
     return config.name != "conv_stack" and not config.trainable and not config.fine_tune_last_block
 
 

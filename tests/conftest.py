@@ -49,7 +49,7 @@ def tiny_data_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(tiny_data_root):
     """A finished tiny run directory (trained two epochs, evaluated)."""
-    from captioning.train import train
+    from captioning.training import train
 
     run_dir = tiny_data_root / "runs" / "tiny"
     train(tiny_config(tiny_data_root), run_dir, verbose=0)
@@ -59,7 +59,7 @@ def trained_run(tiny_data_root):
 @pytest.fixture(scope="session")
 def trained_attention_run(tiny_data_root):
     """A finished tiny run of the attention decoder (one epoch, evaluated)."""
-    from captioning.train import train
+    from captioning.training import train
 
     run_dir = tiny_data_root / "runs" / "tiny_attention"
     train(tiny_config(tiny_data_root, "decoder.name=attention", "training.epochs=1"), run_dir, verbose=0)

@@ -41,7 +41,7 @@ def main() -> None:
     import keras
     import numpy as np
 
-    import captioning.train as train_module
+    import captioning.training as train_module
     from captioning.checkpoints import TrainingCheckpoint
     from captioning.distribution import current_worker
     from conftest import tiny_config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import captioning.train as train_module
+import captioning.training as train_module
 from captioning.augment import (CaptionAugmentation, build_augmentation, check_augmentation, mirrored_token_ids,
                                 value_range)
 from captioning.captioner import Captioner

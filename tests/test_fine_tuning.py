@@ -20,7 +20,7 @@ from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import ConfigError, EncoderConfig, ImagesConfig
 from captioning.encoders import BACKBONES, build_encoder, fine_tunable_layers
 from captioning.features import cache_key
-from captioning.train import TrainingData, train
+from captioning.training import TrainingData, train
 from conftest import interrupt_after, tiny_config
 
 IMAGE_SHAPE = (32, 32, 3)

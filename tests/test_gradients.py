@@ -17,7 +17,7 @@ from captioning.encoders import build_encoder
 from captioning.gradients import (GradientNormLogger, check_gradient_logging, convolution_weights, mean_norm_per_layer,
                                   write_gradient_norms)
 from captioning.model import build_model, masked_loss
-from captioning.train import train
+from captioning.training import train
 from conftest import tiny_config
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import ConfigError
-from captioning.train import train
+from captioning.training import train
 from conftest import tiny_config
 
 

@@ -18,7 +18,7 @@ from captioning.model import build_model, compile_model
 from captioning.pipeline import ImageReader, training_dataset
 from captioning.precision import precision_policy
 from captioning.search import build_sampler, generate_token_ids
-from captioning.train import train
+from captioning.training import train
 from captioning.vocabulary import Vocabulary
 from conftest import interrupt_after, tiny_config
 

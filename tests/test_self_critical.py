@@ -180,7 +180,7 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
     """A tiny run: phase 1, then two self-critical epochs, interrupted after the first; the
     second train() call resumes with epoch 2 only and the run records both."""
     import captioning.self_critical as self_critical_module
-    from captioning.train import frozen_feature_shape, train
+    from captioning.training import frozen_feature_shape, train
 
     config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
                          "decoder.name=attention", "training.epochs=1", "training.self_critical_epochs=2",

@@ -27,8 +27,6 @@ stopping and best weights, so an interrupted run resumes in the phase it was in.
 from __future__ import annotations
 
 import dataclasses
-import sys
-import types
 from pathlib import Path
 
 import keras
@@ -427,18 +425,3 @@ def training_facts(phases: list, model) -> dict:
             "trainable_parameters": parameter_count(model.trainable_weights),
             "phases": [phase_summary(checkpoint, learning_rate) for checkpoint, learning_rate in phases]}
 
-
-class CallableTrainModule(types.ModuleType):
-    """This module, callable as its ``train`` function.
-
-    The API promises ``from captioning import train; train(config, run_dir)``, but Python
-    binds a package's submodule under its name (``captioning.train`` is this module once
-    anything imports it), so the name cannot be the function without breaking
-    ``import captioning.train``. Calling the module trains instead (Python's documented
-    module ``__class__`` assignment); everything else about the module is unchanged."""
-
-    def __call__(self, config: ExperimentConfig, run_dir, *args, **kwargs):
-        return train(config, Path(run_dir), *args, **kwargs)
-
-
-sys.modules[__name__].__class__ = CallableTrainModule
