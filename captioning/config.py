@@ -141,8 +141,9 @@ class EncoderConfig:
 @dataclasses.dataclass
 class DecoderConfig:
     # A name in decoders.DECODERS: "rnn" (Show and Tell: the image only sets the initial
-    # state; the cheapest) or "attention" (Show, Attend and Tell: soft attention over the
-    # region grid at every step).
+    # state; the cheapest), "attention" (Show, Attend and Tell: soft attention over the
+    # region grid at every step) or "transformer" (transformer_decoder.py: self-attention over
+    # the words, cross-attention to the regions).
     name: str = "rnn"
     # "lstm" or "gru".
     cell: str = "lstm"
@@ -193,6 +194,13 @@ class DecoderConfig:
     # Flickr30k; here it keeps the time loop as small as the rnn decoder's (the attention
     # runs over every step at once), about 2x faster a step (README, fast decoder training).
     attention_placement: str = "input"
+    # "transformer" only: Transformer blocks (keras-hub TransformerDecoder, each causal
+    # self-attention, cross-attention to the regions and a feed-forward layer units wide) and
+    # attention heads per block; embedding_dim is the model width and must divide by the heads.
+    # 3 blocks of 8 heads at width 256 is a small model (about the rnn decoder's size) that
+    # a few thousand training images can fit.
+    transformer_layers: int = 3
+    transformer_heads: int = 8
     # How the per-token outputs become vocabulary logits (decoders.OutputHead): "deep" goes
     # through the embedding width first, L_o(E y + L_hz [h, z]) as in Show, Attend and Tell;
     # "wide" is one Dense from [h, (z,) E y] to the vocabulary. Deep by default: the wide

@@ -596,8 +596,20 @@ def _build_attention_decoder(config: DecoderConfig, vocab_size: int) -> Attentio
     )
 
 
+def _build_transformer_decoder(config: DecoderConfig, vocab_size: int) -> CaptionDecoder:
+    from captioning.transformer_decoder import TransformerCaptionDecoder  # it builds on this module
+
+    return TransformerCaptionDecoder(
+        vocab_size=vocab_size, embedding_dim=config.embedding_dim, units=config.units,
+        transformer_layers=config.transformer_layers, transformer_heads=config.transformer_heads,
+        dropout=config.dropout, max_length=config.max_length, image_norm=config.image_norm,
+        output_layer=config.output_layer, name="decoder",
+    )
+
+
 # The valid ``decoder.name`` values.
-DECODERS = {"rnn": _build_rnn_decoder, "attention": _build_attention_decoder}
+DECODERS = {"rnn": _build_rnn_decoder, "attention": _build_attention_decoder,
+            "transformer": _build_transformer_decoder}
 
 
 def build_decoder(config: DecoderConfig, vocab_size: int) -> CaptionDecoder:

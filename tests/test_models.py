@@ -153,7 +153,8 @@ VOCAB_SIZE = 11
 # "attention+output": attention after the cell (OutputAttentionDecoder)
 DECODER_VARIANTS = {**{name: {} for name in DECODERS}, "rnn+image": {"image_norm": True, "image_every_step": True},
                     "attention+image": {"image_norm": True}, "rnn+wide": {"output_layer": "wide"},
-                    "attention+wide": {"output_layer": "wide"}, "attention+output": {"attention_placement": "output"}}
+                    "attention+wide": {"output_layer": "wide"}, "attention+output": {"attention_placement": "output"},
+                    "transformer": {"transformer_heads": 2, "transformer_layers": 2}}
 
 
 def make_decoder(cell, pooling="mean", dropout=0.0, name="rnn"):
