@@ -74,11 +74,20 @@ def image_dataset(paths: list[str], reader: ImageReader, batch_size: int) -> tf.
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of one epoch (0-based) of a run seeded ``seed``: an epoch's order
+    depends on nothing else, so a run resumed at any epoch sees the batches an uninterrupted
+    run would (tf.data's reshuffle_each_iteration would restart at the first epoch's order)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, reader: ImageReader, captions_per_image: int,
                      length: int, batch_size: int, shuffle: bool, seed: int,
-                     augmentation: Callable | None = None) -> tf.data.Dataset:
+                     augmentation: Callable | None = None, epoch: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
     """Yields ({"images": (batch, y, x, 3), "captions": (batch, C, length - 1)}, targets (batch, C, length - 1)).
 
+    shuffle: in the order of ``epoch_seed(seed, epoch)``, the same at every iteration.
+    skip_batches: the first batches of that order left out, unread (a resumed epoch).
     augmentation: ``(images, tokens) -> (images, tokens)`` on whole batches, before the
     tokens become inputs and targets (augment.CaptionAugmentation); the training set only.
     """
@@ -86,7 +95,8 @@ def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, rea
     paths = [example.image_path for example in examples]
     dataset = tf.data.Dataset.from_tensor_slices((paths, tokens))
     if shuffle:
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(examples), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    dataset = dataset.skip(skip_batches * batch_size)  # the skipped batches are whole ones
 
     def read(path, caption_tokens):
         return read_image_op(reader, path), caption_tokens  # (y_size, x_size, 3), (C, length)
@@ -122,7 +132,7 @@ def trimmed_to_longest(tokens: np.ndarray) -> np.ndarray:
 
 
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                    bucket: bool = True) -> tf.data.Dataset:
+                    bucket: bool = True, epoch: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
     """Batches of cached features: ({"features": (batch, regions, channels), "captions": (batch, C, length - 1)}, targets).
 
     features: (images, regions, channels) float16, usually memory-mapped; tokens: (images, C, length).
@@ -140,7 +150,8 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
                 lambda pool: tf.gather(pool, tf.argsort(tf.gather(by_length, pool), stable=True))).unbatch()
     dataset = dataset.batch(batch_size)
     if shuffle and bucket:
-        dataset = dataset.shuffle(BUCKET_POOL_BATCHES, seed=seed + 1, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(BUCKET_POOL_BATCHES, seed=seed + 1, reshuffle_each_iteration=False)
+    dataset = dataset.skip(skip_batches)
 
     def gather(indices):
         indices = np.sort(indices)  # memory-mapped rows read in order
