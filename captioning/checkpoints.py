@@ -243,19 +243,22 @@ def random_state_variables(model: keras.Model) -> list:
 
 def variable_values(variables) -> list[dict]:
     """[{"path", "dtype", "values"}] of small variables (loss sums, generator states), in
-    order, for state.json (paths need not be unique)."""
+    order, for state.json. The path is for a reader: generators' names carry a counter of
+    the process (seed_generator_7), so a restore matches by position."""
     return [{"path": variable.path, "dtype": str(variable.dtype), "values": np.asarray(variable.numpy()).tolist()}
             for variable in variables]
 
 
 def assign_variables(variables, values: list[dict] | None) -> None:
-    """Gives ``variables`` the values ``variable_values`` recorded from the same model. None
-    (a state from before the key existed) leaves them as they are."""
+    """Gives ``variables`` the values ``variable_values`` recorded from the same model, in the
+    same order. None (a state from before the key existed) leaves them as they are."""
     if values is None:
         return
     variables = list(variables)
-    if [variable.path for variable in variables] != [saved["path"] for saved in values]:
-        raise RunError(f"the checkpoint holds the variables {[saved['path'] for saved in values]}, the model has "
-                       f"{[variable.path for variable in variables]}; delete the checkpoint folder to start over")
+    shapes = [tuple(variable.shape) for variable in variables]
+    saved_shapes = [np.shape(saved["values"]) for saved in values]
+    if shapes != saved_shapes:
+        raise RunError(f"the checkpoint holds variables of shapes {saved_shapes} ({[saved['path'] for saved in values]}), "
+                       f"the model {shapes}; delete the checkpoint folder to start over")
     for variable, saved in zip(variables, values):
         variable.assign(np.asarray(saved["values"], dtype=saved["dtype"]))

@@ -4,9 +4,10 @@ from captioning.config import ConfigError
 from captioning.datasets import DatasetError
 from captioning.encoders import EncoderWeightsError
 from captioning.features import FeatureCacheError
+from captioning.files import CacheWriteError
 from captioning.images import ImageLoadError
 from captioning.readme_results import ReadmeError
 from captioning.runs import RunError
 
-USER_ERRORS = (ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError, ImageLoadError, ReadmeError,
-               RunError)
+USER_ERRORS = (CacheWriteError, ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError, ImageLoadError,
+               ReadmeError, RunError)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from captioning.config import ImagesConfig
 from captioning.datasets import CaptionedImage
+from captioning.files import CacheWriteError
 from captioning.images import ImageCache, ImageLoadError, load_image
 from captioning.vocabulary import PAD_ID, Vocabulary
 
@@ -21,7 +22,7 @@ class ImageReader:
         self.config = config
         self.normalization = normalization
         self.cache = ImageCache(config.cache_dir) if config.cache else None
-        self.errors: list[ImageLoadError] = []  # what failed inside tf.data, to re-raise outside it
+        self.errors: list[ImageLoadError | CacheWriteError] = []  # what failed inside tf.data, to re-raise outside it
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -32,13 +33,14 @@ class ImageReader:
             if self.cache is not None:
                 return self.cache.load(path, self.config.x_size, self.config.y_size, self.normalization)
             return load_image(path, self.config.x_size, self.config.y_size, self.normalization)
-        except ImageLoadError as error:
+        except (ImageLoadError, CacheWriteError) as error:
             self.errors.append(error)
             raise
 
     @contextlib.contextmanager
     def reporting_errors(self):
-        """Inside tf.data an ImageLoadError becomes a TensorFlow error; give the user ours back."""
+        """Inside tf.data an ImageLoadError or CacheWriteError becomes a TensorFlow error;
+        give the user ours back."""
         try:
             yield
         except tf.errors.OpError:
