@@ -266,13 +266,25 @@ def fit(model, data: TrainingData, batches, checkpoint: TrainingCheckpoint, init
     checkpoint had done. callbacks run before the checkpoint: what they add to an epoch's
     logs is saved with it."""
     checkpoint.track_callbacks(callbacks)
+    progress = [RunProgress(epochs)] if verbose != 0 else []
     for epoch in range(initial_epoch, epochs):
         if checkpoint.finished:
             break
         train_dataset, stopping_dataset = batches(epoch, checkpoint.steps_done_in(epoch))
         with data.reader.reporting_errors():
             model.fit(train_dataset, validation_data=stopping_dataset, epochs=epoch + 1, initial_epoch=epoch,
-                      callbacks=[*callbacks, checkpoint], verbose=verbose, shuffle=False)
+                      callbacks=[*progress, *callbacks, checkpoint], verbose=verbose, shuffle=False)
+
+
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, "Epoch 3/20" rather than "3/3" while fit runs one epoch at a time."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.run_epochs = epochs
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.run_epochs})
 
 
 def epoch_callbacks(data: TrainingData, stopping_features, run_dir: Path, first_phase: bool) -> list:
