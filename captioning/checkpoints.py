@@ -31,6 +31,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from captioning.runs import RunError
 from captioning.files import atomic_path, is_temporary, write_csv_rows, write_json
@@ -63,7 +64,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.tracked_callbacks: list = []
         self._skipped_steps = 0  # steps of the current epoch trained before this process resumed it
-        self._pending_metrics = None  # the resumed epoch's loss sums, set again after Keras resets them
+        self._epoch = 0  # 0-based, the epoch in progress
         self.learning_rate_decay = learning_rate_decay
         self.checkpoint_dir = Path(checkpoint_dir)
         self.best_weights_path = Path(best_weights_path)
@@ -159,17 +160,22 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         return self.state["epochs_done"] - self.state["first_epoch"]
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = time.time()
+        self._epoch, self._epoch_started = epoch, time.time()
         self._skipped_steps = self.steps_done_in(epoch)
-        if self._skipped_steps:  # Keras has just reset the metrics: give back the sums of the steps done
-            self._epoch_started -= self.state["mid_epoch"]["seconds"]
+        if not self._skipped_steps:
+            return
+        self._epoch_started -= self.state["mid_epoch"]["seconds"]
+        if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            # Keras has just reset the metrics: give back the loss sums of the steps done.
+            # Not under several replicas, whose per-replica sums the checkpoint does not
+            # hold: there the resumed epoch's logged loss averages the steps after the resume.
             assign_variables(self.model.metrics_variables, self.state["mid_epoch"]["metrics"])
 
     def on_train_batch_end(self, batch, logs=None):
         steps_done = self._skipped_steps + batch + 1
         if not self.every_steps or steps_done % self.every_steps or batch + 1 == self.params.get("steps"):
             return  # the epoch's last step is saved by on_epoch_end
-        epoch = self.state["epochs_done"] + 1  # 1-based, the epoch in progress
+        epoch = self._epoch + 1  # 1-based, as in the weights files' names and the history
         weights_file = f"epoch-{epoch:03d}-step-{steps_done:06d}.weights.h5"
         with atomic_path(self.checkpoint_dir / weights_file) as temporary:
             self.model.save_weights(temporary)

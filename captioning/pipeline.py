@@ -140,12 +140,15 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
     features: (images, regions, channels) float16, usually memory-mapped; tokens: (images, C, length).
     Each batch's captions are trimmed to its longest, so ``length`` varies from batch to
     batch; with ``bucket`` (training batches, ``shuffle``) images of similar caption
-    lengths are batched together (BUCKET_POOL_BATCHES).
+    lengths are batched together (BUCKET_POOL_BATCHES). The order is that of
+    ``epoch_seed(seed, epoch)``, the same at every iteration; skip_batches: its first batches
+    left out, unread (a resumed epoch).
     """
     lengths = caption_lengths(tokens)
     dataset = tf.data.Dataset.range(len(features))
+    seed = epoch_seed(seed, epoch)
     if shuffle:
-        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=False)
         if bucket:
             by_length = tf.constant(lengths, tf.int32)
             dataset = dataset.batch(batch_size * BUCKET_POOL_BATCHES).map(

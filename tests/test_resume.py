@@ -142,3 +142,24 @@ def test_a_negative_checkpoint_interval_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="checkpoint_every_steps=-1"):
         train(tiny_config(tmp_path, "training.checkpoint_every_steps=-1"), tmp_path / "run", verbose=0)
+
+
+def test_an_epochs_feature_batches_depend_on_the_seed_and_epoch_and_skip_whole_batches():
+    from captioning.pipeline import feature_dataset
+
+    generator = np.random.default_rng(0)
+    features = generator.normal(size=(40, 3, 2)).astype(np.float16)  # (images, regions, channels)
+    tokens = generator.integers(1, 9, size=(40, 2, 6)).astype(np.int32)  # (images, C, length)
+    tokens[::3, :, 4:] = 0  # captions of several lengths, for the bucketing
+
+    def epoch_batches(seed, epoch, skip_batches=0):
+        dataset = feature_dataset(features, tokens, batch_size=4, shuffle=True, seed=seed, epoch=epoch,
+                                  skip_batches=skip_batches)
+        return [inputs["features"].numpy().tobytes() for inputs, _ in dataset]
+
+    epoch_three = epoch_batches(seed=5, epoch=3)
+    assert len(epoch_three) == 10
+    assert epoch_batches(seed=5, epoch=3) == epoch_three  # a fresh pipeline: the same order
+    assert epoch_batches(seed=5, epoch=3, skip_batches=4) == epoch_three[4:]
+    assert epoch_batches(seed=5, epoch=2) != epoch_three
+    assert epoch_batches(seed=6, epoch=3) != epoch_three
