@@ -180,7 +180,8 @@ class FeatureCache:
         start, stop = shard_bounds(len(paths), worker)
         partial_path = shard_path.with_name(shard_path.name.replace(".npy", ".partial.npy"))
         progress_path = shard_path.with_name(shard_path.name.replace(".npy", ".progress.json"))
-        with locked(shard_path.with_suffix(".lock")), cache_writes(folder, "feature cache", CACHE_SETTING,
+        shard_lock = folder / f"{LOCK_FILE}.{worker.index}-of-{worker.count}"  # kept, like features.lock
+        with locked(shard_lock), cache_writes(folder, "feature cache", CACHE_SETTING,
                                                                    half_written=[partial_path, progress_path]):
             if shard_path.is_file():
                 return
