@@ -5,10 +5,11 @@ from captioning.config import ConfigError
 from captioning.datasets import DatasetError
 from captioning.encoders import EncoderWeightsError
 from captioning.features import FeatureCacheError
+from captioning.files import CacheWriteError
 from captioning.images import ImageLoadError
 from captioning.model_file import ModelFileError
 from captioning.readme_results import ReadmeError
 from captioning.runs import RunError
 
-USER_ERRORS = (BatchCaptionError, ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError, ImageLoadError,
-               ModelFileError, ReadmeError, RunError)
+USER_ERRORS = (BatchCaptionError, CacheWriteError, ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError,
+               ImageLoadError, ModelFileError, ReadmeError, RunError)

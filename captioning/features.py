@@ -23,11 +23,19 @@ order into ``features.npy`` and writes the manifest; the other workers wait for 
 manifest and then memory-map the same file. This needs ``cache_root`` on a filesystem every
 worker sees; without one, ``images.feature_cache_shared = false`` makes every worker
 extract every image into a folder of its own (see training.py).
+
+Two runs needing the same features at once (two ``make train`` on the same data and
+encoder) do not both write them: the extraction holds ``features.lock`` (fcntl.flock), and
+the run that waited for it finds the entry complete and memory-maps it. A full disk or a
+read-only cache folder stops the run with one CacheWriteError naming the folder, after
+removing the unfinished ``features.partial.npy`` and ``progress.json``: no half-written
+entry stays behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -39,13 +47,15 @@ import numpy as np
 
 from captioning.config import EncoderConfig, ImagesConfig
 from captioning.distribution import Worker, shard_bounds
-from captioning.files import write_json
+from captioning.files import cache_writes, locked, write_json
 
 FORMAT_VERSION = 1
 FEATURES_FILE = "features.npy"
 PARTIAL_FILE = "features.partial.npy"
 PROGRESS_FILE = "progress.json"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = "features.lock"  # held while one process extracts or joins the key's features
+CACHE_SETTING = "images.feature_cache_dir"
 # Multi-worker extraction: how long a worker waits for the others' shards without any
 # file changing (ten minutes covers a worker still starting TensorFlow and reading its data
 # set index; a running extraction writes progress every ten batches), and how often it looks.
@@ -126,18 +136,23 @@ class FeatureCache:
         key, description = cache_key(paths, encoder_config, images_config, normalization)
         folder = self.cache_root / key
         final_path = folder / FEATURES_FILE
-        if self._is_complete(folder, len(paths)):
+        if self._is_complete(folder, len(paths)):  # a complete entry is only read: a read-only cache serves it
             return np.load(final_path, mmap_mode="r", allow_pickle=False)
-        folder.mkdir(parents=True, exist_ok=True)
-        if worker.count == 1:
-            self._compute(paths, folder / PARTIAL_FILE, folder / PROGRESS_FILE, encode_batches, batch_size, label)
-            self._publish(folder, folder / PARTIAL_FILE, description)
-        else:
-            self._compute_shard(paths, folder, encode_batches, batch_size, label, worker)
+        with cache_writes(folder, "feature cache", CACHE_SETTING):
+            folder.mkdir(parents=True, exist_ok=True)
+            if worker.count > 1:
+                self._compute_shard(paths, folder, encode_batches, batch_size, label, worker)
             if worker.is_chief:
-                self._join_shards(folder, len(paths), worker.count, label)
-                self._publish(folder, folder / PARTIAL_FILE, description)
-                for index in range(worker.count):
+                with locked(folder / LOCK_FILE), cache_writes(folder, "feature cache", CACHE_SETTING,
+                                                              half_written=[folder / PARTIAL_FILE, folder / PROGRESS_FILE]):
+                    if not self._is_complete(folder, len(paths)):  # else another run made it while this one waited
+                        if worker.count == 1:
+                            self._compute(paths, folder / PARTIAL_FILE, folder / PROGRESS_FILE, encode_batches,
+                                          batch_size, label)
+                        else:
+                            self._join_shards(folder, len(paths), worker.count, label)
+                        self._publish(folder, folder / PARTIAL_FILE, description)
+                for index in range(worker.count if worker.count > 1 else 0):
                     (folder / shard_file_name(index, worker.count)).unlink(missing_ok=True)
             else:
                 self._wait_for(folder, lambda: self._is_complete(folder, len(paths)), "the chief to join the shards")
@@ -165,10 +180,15 @@ class FeatureCache:
         start, stop = shard_bounds(len(paths), worker)
         partial_path = shard_path.with_name(shard_path.name.replace(".npy", ".partial.npy"))
         progress_path = shard_path.with_name(shard_path.name.replace(".npy", ".progress.json"))
-        self._compute(paths[start:stop], partial_path, progress_path, encode_batches, batch_size,
-                      f"{label} (worker {worker.index} of {worker.count}: images {start} to {stop - 1})")
-        os.replace(partial_path, shard_path)
-        progress_path.unlink(missing_ok=True)
+        shard_lock = folder / f"{LOCK_FILE}.{worker.index}-of-{worker.count}"  # kept, like features.lock
+        with locked(shard_lock), cache_writes(folder, "feature cache", CACHE_SETTING,
+                                                                   half_written=[partial_path, progress_path]):
+            if shard_path.is_file():
+                return
+            self._compute(paths[start:stop], partial_path, progress_path, encode_batches, batch_size,
+                          f"{label} (worker {worker.index} of {worker.count}: images {start} to {stop - 1})")
+            os.replace(partial_path, shard_path)
+            progress_path.unlink(missing_ok=True)
 
     def _join_shards(self, folder: Path, image_count: int, worker_count: int, label: str) -> None:
         """Waits for every worker's shard, then copies them in worker order into features.partial.npy."""
@@ -180,8 +200,7 @@ class FeatureCache:
             raise FeatureCacheError(f"{folder}: the shards hold {[shard.shape for shard in shards]}, not the "
                                     f"{image_count} images of one feature shape; delete the folder and extract again")
         print(f"{label}: joining {worker_count} feature shards")
-        joined = np.lib.format.open_memmap(folder / PARTIAL_FILE, mode="w+", dtype=np.float16,
-                                           shape=(image_count, *shapes.pop()))
+        joined = new_feature_file(folder / PARTIAL_FILE, (image_count, *shapes.pop()))
         start = 0
         for shard in shards:
             if len(shard):  # a worker with no share of a tiny split wrote an empty (0,) array
@@ -226,8 +245,7 @@ class FeatureCache:
         for start, batch in zip(range(done, len(paths), batch_size), encode_batches(paths[done:])):
             batch = np.asarray(batch, dtype=np.float16)  # (batch, regions, channels)
             if features is None:
-                features = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.float16,
-                                                     shape=(len(paths), *batch.shape[1:]))
+                features = new_feature_file(partial_path, (len(paths), *batch.shape[1:]))
             features[start:start + len(batch)] = batch
             if (start // batch_size) % 10 == 9 or start + len(batch) == len(paths):
                 features.flush()
@@ -235,6 +253,22 @@ class FeatureCache:
             progress_bar.update(start + len(batch))
         features.flush()
         del features
+
+
+def new_feature_file(path: Path, shape: tuple) -> np.memmap:
+    """A writable float16 .npy of ``shape``, memory-mapped, its blocks reserved on disk.
+
+    open_memmap alone makes a sparse file: on a full disk, writing its pages later would
+    kill the process with SIGBUS. Reserving the blocks (posix_fallocate) makes a full disk
+    an OSError (ENOSPC) here instead, which cache_writes reports."""
+    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a filesystem without it
+                raise
+    return features
 
 
 def shard_file_name(index: int, count: int) -> str:

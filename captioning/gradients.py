@@ -91,6 +91,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         self.title = title
         self.rows: list[dict] = []
         self.epoch = None
+        self._resumed_steps = 0  # first-epoch steps done before a mid-epoch checkpoint resumed the run
         self._layers = None
         self._norms = None
 
@@ -123,17 +124,28 @@ class GradientNormLogger(keras.callbacks.Callback):
         for depth, ((name, _), norm) in enumerate(zip(self._layers, norms), start=1):
             self.rows.append({"step": step, "depth": depth, "layer": name, "norm": float(norm)})
 
+    def checkpoint_state(self) -> dict:
+        """What a mid-epoch checkpoint keeps (checkpoints.TrainingCheckpoint.track_callbacks)."""
+        return {"rows": self.rows}
+
+    def restore_checkpoint_state(self, state: dict, steps_done: int) -> None:
+        """A first epoch resumed after ``steps_done`` steps keeps the measurements made so far."""
+        self.rows = list(state["rows"])
+        self._resumed_steps = steps_done
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        if epoch == 0:  # a run resumed after its first epoch has its file already
+        if epoch == 0 and not self._resumed_steps:  # a run resumed after its first epoch has its file already
             self.rows = []
             self.measure(0)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == 0 and (batch + 1) % self.interval == 0:
-            self.measure(batch + 1)
+        step = self._resumed_steps + batch + 1
+        if self.epoch == 0 and step % self.interval == 0:
+            self.measure(step)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._resumed_steps = 0
         if epoch == 0:
             write_gradient_norms(self.rows, self.csv_path)
             plot_gradient_norms(self.rows, self.plot_path, title=self.title)

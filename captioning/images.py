@@ -13,8 +13,8 @@ raises ``ImageLoadError`` (a ``ValueError``) naming the file and the reason.
 Sizes are always given as ``x_size`` (width, columns) and ``y_size`` (height, rows);
 arrays are row-major, so their shape is ``(y_size, x_size, 3)``.
 
-This module imports only numpy, Pillow and the standard library, so data tools can use
-it without starting TensorFlow.
+This module imports only numpy, Pillow, the standard library and captioning.files, so
+data tools can use it without starting TensorFlow.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captioning.files import cache_write_error, cache_writes
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +435,9 @@ class ImageCache:
     ``load`` may be called from several threads at once (tf.data does); several
     processes may share one cache directory (files are replaced atomically and SQLite
     serializes the table writes). Failures to decode the image are raised as
-    ImageLoadError and never cached.
+    ImageLoadError and never cached. A full disk or a read-only cache directory raises one
+    CacheWriteError naming the directory (an entry whose row could not be written loses its
+    file too); a read-only directory whose entries are all there still serves them.
 
     Attributes:
         cache_dir: Path of the cache directory (created if missing).
@@ -443,26 +447,34 @@ class ImageCache:
 
     def __init__(self, cache_dir: str | os.PathLike):
         self.cache_dir = Path(cache_dir)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
         # One connection shared by all threads; every use holds self._lock.
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(
-            self.cache_dir / "index.sqlite",
-            timeout=_SQLITE_TIMEOUT_SECONDS,
-            check_same_thread=False,
-            isolation_level=None,  # autocommit: every statement is its own transaction
-        )
-        with self._lock:
-            self._connection.execute(_CREATE_TABLE)
-            present = {row[1] for row in self._connection.execute("PRAGMA table_info(entries)")}
-            for column, column_type in _ADDED_COLUMNS.items():
-                if column not in present:
-                    try:
-                        self._connection.execute(f"ALTER TABLE entries ADD COLUMN {column} {column_type}")
-                    except sqlite3.OperationalError:  # another process added it meanwhile
-                        pass
+        with cache_writes(self.cache_dir, "image cache", _CACHE_SETTING):
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._connection = sqlite3.connect(
+                self.cache_dir / "index.sqlite",
+                timeout=_SQLITE_TIMEOUT_SECONDS,
+                check_same_thread=False,
+                isolation_level=None,  # autocommit: every statement is its own transaction
+            )
+            with self._lock:
+                self._connection.execute(_CREATE_TABLE)
+                present = {row[1] for row in self._connection.execute("PRAGMA table_info(entries)")}
+                for column, column_type in _ADDED_COLUMNS.items():
+                    if column not in present:
+                        try:
+                            self._connection.execute(f"ALTER TABLE entries ADD COLUMN {column} {column_type}")
+                        except sqlite3.OperationalError as error:  # another process added it meanwhile
+                            if _sqlite_write_failure(error):
+                                raise
+        except sqlite3.OperationalError as error:
+            reason = _sqlite_write_failure(error)
+            if reason is None:
+                raise
+            raise cache_write_error(self.cache_dir, "image cache", _CACHE_SETTING, reason) from error
 
     # -- public ---------------------------------------------------------------------
 
@@ -618,16 +630,19 @@ class ImageCache:
     ) -> None:
         """Writes the .npy file atomically, then its table row.
 
-        A failure to write (disk full, read-only directory) is logged, not raised: the
-        caller already has its array, and the next load simply tries again.
+        A full disk or a read-only directory raises CacheWriteError naming the cache
+        directory (the temporary file is gone, and a file whose row could not be written is
+        removed). Other failures to write are logged, not raised: the caller already has its
+        array, and the next load simply tries again.
         """
         # Two-character subdirectories keep any one directory small (COCO has 120k images).
         relative_file = Path(cache_key[:2]) / f"{cache_key}.npy"
         cache_file = self.cache_dir / relative_file
         try:
-            cache_file.parent.mkdir(exist_ok=True)
-            _write_npy_atomically(cache_file, pixels)
-            status = cache_file.stat()
+            with cache_writes(self.cache_dir, "image cache", _CACHE_SETTING):
+                cache_file.parent.mkdir(exist_ok=True)
+                _write_npy_atomically(cache_file, pixels)
+                status = cache_file.stat()
         except OSError as error:
             logger.warning("Could not write image cache file %s: %s", cache_file, error)
             return
@@ -655,7 +670,26 @@ class ImageCache:
                     row,
                 )
         except sqlite3.OperationalError as error:  # e.g. locked by another process too long
-            logger.warning("Could not record image cache entry %s: %s", cache_file, error)
+            reason = _sqlite_write_failure(error)
+            if reason is None:
+                logger.warning("Could not record image cache entry %s: %s", cache_file, error)
+                return
+            cache_file.unlink(missing_ok=True)  # no file without its row
+            raise cache_write_error(self.cache_dir, "image cache", _CACHE_SETTING, reason) from error
+
+
+# What to change to move the image cache, named by its write errors.
+_CACHE_SETTING = "images.cache_dir (or set images.cache=false)"
+
+# SQLite's messages for the failures a cache cannot work around (it reports no errno).
+_SQLITE_WRITE_FAILURES = {"disk is full": "no space left on the device",
+                          "readonly database": "the folder or index.sqlite is read-only",
+                          "unable to open database file": "cannot create index.sqlite there (read-only or no permission)"}
+
+
+def _sqlite_write_failure(error: sqlite3.OperationalError) -> str | None:
+    message = str(error)
+    return next((reason for text, reason in _SQLITE_WRITE_FAILURES.items() if text in message), None)
 
 
 def _is_settled(row: dict, status: os.stat_result) -> bool:

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from captioning.config import ImagesConfig
 from captioning.datasets import CaptionedImage
+from captioning.files import CacheWriteError
 from captioning.images import ImageCache, ImageLoadError, load_image
 from captioning.vocabulary import PAD_ID, Vocabulary
 
@@ -21,7 +22,7 @@ class ImageReader:
         self.config = config
         self.normalization = normalization
         self.cache = ImageCache(config.cache_dir) if config.cache else None
-        self.errors: list[ImageLoadError] = []  # what failed inside tf.data, to re-raise outside it
+        self.errors: list[ImageLoadError | CacheWriteError] = []  # what failed inside tf.data, to re-raise outside it
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -32,13 +33,14 @@ class ImageReader:
             if self.cache is not None:
                 return self.cache.load(path, self.config.x_size, self.config.y_size, self.normalization)
             return load_image(path, self.config.x_size, self.config.y_size, self.normalization)
-        except ImageLoadError as error:
+        except (ImageLoadError, CacheWriteError) as error:
             self.errors.append(error)
             raise
 
     @contextlib.contextmanager
     def reporting_errors(self):
-        """Inside tf.data an ImageLoadError becomes a TensorFlow error; give the user ours back."""
+        """Inside tf.data an ImageLoadError or CacheWriteError becomes a TensorFlow error;
+        give the user ours back."""
         try:
             yield
         except tf.errors.OpError:
@@ -74,11 +76,20 @@ def image_dataset(paths: list[str], reader: ImageReader, batch_size: int) -> tf.
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of one epoch (0-based) of a run seeded ``seed``: an epoch's order
+    depends on nothing else, so a run resumed at any epoch sees the batches an uninterrupted
+    run would (tf.data's reshuffle_each_iteration would restart at the first epoch's order)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, reader: ImageReader, captions_per_image: int,
                      length: int, batch_size: int, shuffle: bool, seed: int,
-                     augmentation: Callable | None = None) -> tf.data.Dataset:
+                     augmentation: Callable | None = None, epoch: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
     """Yields ({"images": (batch, y, x, 3), "captions": (batch, C, length - 1)}, targets (batch, C, length - 1)).
 
+    shuffle: in the order of ``epoch_seed(seed, epoch)``, the same at every iteration.
+    skip_batches: the first batches of that order left out, unread (a resumed epoch).
     augmentation: ``(images, tokens) -> (images, tokens)`` on whole batches, before the
     tokens become inputs and targets (augment.CaptionAugmentation); the training set only.
     """
@@ -86,7 +97,8 @@ def training_dataset(examples: list[CaptionedImage], vocabulary: Vocabulary, rea
     paths = [example.image_path for example in examples]
     dataset = tf.data.Dataset.from_tensor_slices((paths, tokens))
     if shuffle:
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(examples), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    dataset = dataset.skip(skip_batches * batch_size)  # the skipped batches are whole ones
 
     def read(path, caption_tokens):
         return read_image_op(reader, path), caption_tokens  # (y_size, x_size, 3), (C, length)
@@ -122,25 +134,29 @@ def trimmed_to_longest(tokens: np.ndarray) -> np.ndarray:
 
 
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                    bucket: bool = True) -> tf.data.Dataset:
+                    bucket: bool = True, epoch: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
     """Batches of cached features: ({"features": (batch, regions, channels), "captions": (batch, C, length - 1)}, targets).
 
     features: (images, regions, channels) float16, usually memory-mapped; tokens: (images, C, length).
     Each batch's captions are trimmed to its longest, so ``length`` varies from batch to
     batch; with ``bucket`` (training batches, ``shuffle``) images of similar caption
-    lengths are batched together (BUCKET_POOL_BATCHES).
+    lengths are batched together (BUCKET_POOL_BATCHES). The order is that of
+    ``epoch_seed(seed, epoch)``, the same at every iteration; skip_batches: its first batches
+    left out, unread (a resumed epoch).
     """
     lengths = caption_lengths(tokens)
     dataset = tf.data.Dataset.range(len(features))
+    seed = epoch_seed(seed, epoch)
     if shuffle:
-        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=False)
         if bucket:
             by_length = tf.constant(lengths, tf.int32)
             dataset = dataset.batch(batch_size * BUCKET_POOL_BATCHES).map(
                 lambda pool: tf.gather(pool, tf.argsort(tf.gather(by_length, pool), stable=True))).unbatch()
     dataset = dataset.batch(batch_size)
     if shuffle and bucket:
-        dataset = dataset.shuffle(BUCKET_POOL_BATCHES, seed=seed + 1, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(BUCKET_POOL_BATCHES, seed=seed + 1, reshuffle_each_iteration=False)
+    dataset = dataset.skip(skip_batches)
 
     def gather(indices):
         indices = np.sort(indices)  # memory-mapped rows read in order

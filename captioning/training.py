@@ -63,6 +63,12 @@ def check_learning_rate_decay(training: TrainingConfig) -> None:
                           "(1 keeps the learning rate fixed)")
 
 
+def check_checkpointing(training: TrainingConfig) -> None:
+    if training.checkpoint_every_steps < 0:
+        raise ConfigError(f"training.checkpoint_every_steps={training.checkpoint_every_steps} is negative "
+                          "(0 checkpoints at epoch ends only)")
+
+
 def check_fine_tuning(config: ExperimentConfig) -> None:
     """Refuses fine-tuning settings that cannot run as asked, before phase 1 spends any time."""
     encoder, training = config.encoder, config.training
@@ -202,18 +208,26 @@ class TrainingData:
     worker: Worker
 
     def feature_datasets(self):
-        """(train, early stopping) batches of a frozen encoder's cached features, and the
-        early-stopping features (images, regions, channels)."""
-        config, datasets = self.config, []
+        """(batches for an epoch, early-stopping features (images, regions, channels)) for a
+        frozen encoder's cached features: ``batches(epoch, skip_batches)`` gives (train, early
+        stopping) batches, the training ones in that epoch's order (pipeline.epoch_seed)."""
+        config = self.config
         encode = feature_encoder(config)
-        for label, examples, shuffle in [("train", self.train_examples, True),
-                                         ("early stopping", self.stopping_examples, False)]:
-            features = cached_features(config, [example.image_path for example in examples], label, encode,
-                                       self.worker)  # (images, regions, channels)
-            tokens = caption_array(examples, self.vocabulary, config.data.captions_per_image, config.decoder.max_length)
-            datasets.append(feature_dataset(features, tokens, config.training.batch_size, shuffle=shuffle,
-                                            seed=config.training.seed))
-        return datasets, features
+        features, tokens = {}, {}
+        for label, examples in [("train", self.train_examples), ("early stopping", self.stopping_examples)]:
+            features[label] = cached_features(config, [example.image_path for example in examples], label, encode,
+                                              self.worker)  # (images, regions, channels)
+            tokens[label] = caption_array(examples, self.vocabulary, config.data.captions_per_image,
+                                          config.decoder.max_length)
+        batch_size, seed = config.training.batch_size, config.training.seed
+        stopping = feature_dataset(features["early stopping"], tokens["early stopping"], batch_size, shuffle=False,
+                                   seed=seed)
+
+        def batches(epoch: int, skip_batches: int = 0):
+            return feature_dataset(features["train"], tokens["train"], batch_size, shuffle=True, seed=seed,
+                                   epoch=epoch, skip_batches=skip_batches), stopping
+
+        return batches, features["early stopping"]
 
     def image_options(self) -> dict:
         config = self.config
@@ -221,12 +235,18 @@ class TrainingData:
                     length=config.decoder.max_length, batch_size=config.training.batch_size, seed=config.training.seed)
 
     def image_datasets(self):
-        """(train, early stopping) batches of images, for an encoder that trains; only the
-        training batches are augmented (images.augment)."""
+        """``batches(epoch, skip_batches)`` -> (train, early stopping) batches of images, for an
+        encoder that trains; only the training batches are shuffled (that epoch's order) and
+        augmented (images.augment)."""
         options = self.image_options()
         augmentation = build_augmentation(self.config, self.vocabulary)
-        return [training_dataset(self.train_examples, shuffle=True, augmentation=augmentation, **options),
-                training_dataset(self.stopping_examples, shuffle=False, **options)]
+        stopping = training_dataset(self.stopping_examples, shuffle=False, **options)
+
+        def batches(epoch: int, skip_batches: int = 0):
+            return training_dataset(self.train_examples, shuffle=True, augmentation=augmentation, epoch=epoch,
+                                    skip_batches=skip_batches, **options), stopping
+
+        return batches
 
     def gradient_logger(self, run_dir: Path) -> GradientNormLogger:
         """training.log_gradient_norms: measured on the first training images, never augmented."""
@@ -239,13 +259,32 @@ class TrainingData:
                                   title=f"{config.name}: encoder gradient norms, input side first")
 
 
-def fit(model, data: TrainingData, datasets, checkpoint: TrainingCheckpoint, initial_epoch: int, epochs: int,
+def fit(model, data: TrainingData, batches, checkpoint: TrainingCheckpoint, initial_epoch: int, epochs: int,
         verbose, callbacks=()) -> None:
-    """callbacks run before the checkpoint: what they add to an epoch's logs is saved with it."""
-    train_dataset, stopping_dataset = datasets
-    with data.reader.reporting_errors():
-        model.fit(train_dataset, validation_data=stopping_dataset, epochs=epochs, initial_epoch=initial_epoch,
-                  callbacks=[*callbacks, checkpoint], verbose=verbose, shuffle=False)
+    """One model.fit per epoch, on ``batches(epoch, skip_batches)``: an epoch's order depends
+    only on the seed and the epoch, and a resumed epoch skips the steps its mid-epoch
+    checkpoint had done. callbacks run before the checkpoint: what they add to an epoch's
+    logs is saved with it."""
+    checkpoint.track_callbacks(callbacks)
+    progress = [RunProgress(epochs)] if verbose != 0 else []
+    for epoch in range(initial_epoch, epochs):
+        if checkpoint.finished:
+            break
+        train_dataset, stopping_dataset = batches(epoch, checkpoint.steps_done_in(epoch))
+        with data.reader.reporting_errors():
+            model.fit(train_dataset, validation_data=stopping_dataset, epochs=epoch + 1, initial_epoch=epoch,
+                      callbacks=[*progress, *callbacks, checkpoint], verbose=verbose, shuffle=False)
+
+
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, "Epoch 3/20" rather than "3/3" while fit runs one epoch at a time."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.run_epochs = epochs
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.run_epochs})
 
 
 def epoch_callbacks(data: TrainingData, stopping_features, run_dir: Path, first_phase: bool) -> list:
@@ -277,11 +316,11 @@ def train_phase_one(data: TrainingData, checkpoint: TrainingCheckpoint, strategy
             print(f"resuming phase 1 after epoch {initial_epoch}")
         if initial_epoch < config.training.epochs and not checkpoint.finished:
             if frozen:
-                datasets, stopping_features = data.feature_datasets()
+                batches, stopping_features = data.feature_datasets()
             else:
-                datasets, stopping_features = data.image_datasets(), None
+                batches, stopping_features = data.image_datasets(), None
             callbacks = epoch_callbacks(data, stopping_features, run_dir, first_phase=initial_epoch == 0)
-            fit(model, data, datasets, checkpoint, initial_epoch, config.training.epochs, verbose, callbacks)
+            fit(model, data, batches, checkpoint, initial_epoch, config.training.epochs, verbose, callbacks)
         model.load_weights(checkpoint.best_weights_path)
     return model
 
@@ -295,15 +334,15 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
     with strategy.scope(), precision_policy(config.training):
         model = build_model(config, data.vocabulary.size, fine_tuning=True)
         compile_model(model, config.training, learning_rate=config.training.fine_tune_learning_rate)
-        datasets = None
+        batches = None
         if checkpoint.has_checkpoint:
             initial_epoch = checkpoint.restore(model)
             print(f"resuming phase 2 (fine-tuning) after epoch {initial_epoch}")
         else:
             model.decoder.set_weights(phase_one_model.decoder.get_weights())
-            datasets = data.image_datasets()
+            batches = data.image_datasets()
             with data.reader.reporting_errors():
-                starting_loss = float(model.evaluate(datasets[1], verbose=0))  # phase 1's best, on images this time
+                starting_loss = float(model.evaluate(batches(0)[1], verbose=0))  # phase 1's best, on images this time
             initial_epoch = phase_one.state["epochs_done"]
             checkpoint.start_from(model, starting_loss, first_epoch=initial_epoch,
                                   best_epoch=phase_one.state["best_epoch"])
@@ -313,7 +352,7 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
         last_epoch = checkpoint.state["first_epoch"] + config.training.fine_tune_epochs
         if initial_epoch < last_epoch and not checkpoint.finished:
             callbacks = epoch_callbacks(data, None, run_dir, first_phase=False)
-            fit(model, data, datasets or data.image_datasets(), checkpoint, initial_epoch, last_epoch, verbose,
+            fit(model, data, batches or data.image_datasets(), checkpoint, initial_epoch, last_epoch, verbose,
                 callbacks)
         model.load_weights(checkpoint.best_weights_path)
     return model
@@ -344,6 +383,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     check_gradient_logging(config)
     check_fine_tuning(config)
     check_learning_rate_decay(config.training)
+    check_checkpointing(config.training)
     check_self_critical(config)
     strategy = build_strategy(config.training)  # first: "multi_worker" must exist before any TensorFlow op
     worker = current_worker(config.training)
@@ -366,14 +406,15 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         checkpoint_dir = checkpoint_dir / f"worker-{worker.index}"
         history_path = checkpoint_dir / HISTORY_FILE
     patience, decay = config.training.patience, config.training.learning_rate_decay
+    every_steps = config.training.checkpoint_every_steps
     phase_one = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, history_path, patience,
-                                   learning_rate_decay=decay)
+                                   learning_rate_decay=decay, every_steps=every_steps)
     model = train_phase_one(data, phase_one, strategy, run_dir, verbose)
     phases = [(phase_one, config.training.learning_rate)]
     if config.encoder.fine_tune_layers:
         phase_two = TrainingCheckpoint(checkpoint_dir / FINE_TUNE_DIR, checkpoint_dir / FINE_TUNE_DIR / BEST_WEIGHTS_FILE,
                                        history_path, patience, phase=2, earlier_history=phase_one.state["history"],
-                                       learning_rate_decay=decay)
+                                       learning_rate_decay=decay, every_steps=every_steps)
         model = train_phase_two(data, phase_one, model, phase_two, strategy, run_dir, verbose)
         phases.append((phase_two, config.training.fine_tune_learning_rate))
     self_critical = None
