@@ -14,7 +14,8 @@
 #   make evaluate [RUN=dir] [SPLIT=test] [SET=...] [OUT=file.json] [BEAM=width]
 #   make compare [EXPERIMENTS="a.toml b.toml" or a folder, default experiments/shapes/] [OUT=dir, default runs/compare]
 #                [SEEDS="0 1 2"] [SET=...]   (trains what has no finished run; writes compare.csv/.md and PNGs)
-#                [README=name]   (also writes the table into README.md between <!-- results:name --> and <!-- /results -->)
+#                [RESULTS=name]   (also writes the table into docs/results.md between <!-- results:name -->
+#                and <!-- /results -->; README=name is the former name and still works)
 #   make bench [OUT=file.json] [SET="data.root=/path/to/flickr8k ..."]   (speed ratios and peak memory; about 10 min on 2 cores)
 #              [PART=decoders]   (only the decoder-training epoch seconds and FLOP utilization, about 3 min)
 #   make inspect IMG=path [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]   (PNGs: the encoder's input,
@@ -30,6 +31,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SPLIT ?= test
+# `make compare README=name`, the former name of RESULTS=name, still works.
+RESULTS ?= $(README)
 PORT ?= 8000
 
 .PHONY: train caption export evaluate compare bench inspect serve test venv clean-cache
@@ -56,7 +59,7 @@ evaluate: $(INSTALLED)
 	$(PY) -m captioning evaluate --split $(SPLIT) $(if $(RUN),--run $(RUN)) $(if $(SET),--set $(SET)) $(if $(OUT),--out $(OUT)) $(if $(BEAM),--beam $(BEAM))
 
 compare: $(INSTALLED)
-	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET)) $(if $(README),--readme $(README))
+	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET)) $(if $(RESULTS),--results $(RESULTS))
 
 bench: $(INSTALLED)
 	$(PY) -m captioning bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET)) $(if $(PART),--$(PART))

@@ -5,7 +5,7 @@
                                  [--attention OUT.png] [--out captions.csv|.jsonl]
     python -m captioning export --run DIR --out FILE.keras
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
-    python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--readme NAME]
+    python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--results NAME]
     python -m captioning bench [--quick] [--decoders] [--out FILE.json] [--set ...]
     python -m captioning inspect IMAGE [--run DIR | --experiment FILE] [--set ...] [--out DIR]
     python -m captioning serve [--model FILE.keras | RUN_DIR] [--port 8000] [--host 127.0.0.1]
@@ -28,6 +28,8 @@ DEFAULT_EXPERIMENT = REPOSITORY_ROOT / "experiments" / "shapes_conv_gru.toml"
 DEFAULT_COMPARISON = REPOSITORY_ROOT / "experiments" / "shapes"
 # The shipped model (models/README.md): `caption` uses it when no --run or --model is given.
 DEFAULT_MODEL = REPOSITORY_ROOT / "models" / "flickr8k.keras"
+# Where `compare --results NAME` writes its table: every measured result lives on this one page.
+RESULTS_PAGE = REPOSITORY_ROOT / "docs" / "results.md"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter hides our output
 
@@ -102,11 +104,12 @@ def parse_arguments(argv):
     compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                          help="repeat each experiment with these training.seed values; the table shows mean ± std")
     compare.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="overrides for every experiment")
-    compare.add_argument("--readme", metavar="NAME",
+    compare.add_argument("--results", "--readme", dest="results", metavar="NAME",
                          help="also write the table, this command, the date and the machine between "
-                              "'<!-- results:NAME -->' and '<!-- /results -->' in the README")
-    compare.add_argument("--readme-file", default=str(REPOSITORY_ROOT / "README.md"), metavar="FILE",
-                         help="the README that --readme writes into (default: the repository's README.md)")
+                              "'<!-- results:NAME -->' and '<!-- /results -->' of the results page "
+                              "(--readme: the former name)")
+    compare.add_argument("--results-file", "--readme-file", dest="results_file", default=str(RESULTS_PAGE),
+                         metavar="FILE", help="the page --results writes into (default: docs/results.md)")
 
     bench = commands.add_parser("bench", help="measure what the feature cache, tf.data, batching and the image cache "
                                               "buy on this machine (ratios), and training's peak memory")
@@ -266,12 +269,12 @@ def run_compare(arguments) -> None:
 
     experiments = arguments.experiments or [DEFAULT_COMPARISON]
     compare(experiments, Path(arguments.out), seeds=arguments.seeds, overrides=arguments.set, verbose="auto")
-    if arguments.readme:
-        from captioning.readme_results import fill_results_section, results_text
+    if arguments.results:
+        from captioning.results_page import fill_results_section, results_text
 
         table = (Path(arguments.out) / "compare.md").read_text()
-        fill_results_section(Path(arguments.readme_file), arguments.readme, results_text(table, arguments.command_line))
-        print(f"wrote the table into the '{arguments.readme}' results section of {arguments.readme_file}")
+        fill_results_section(Path(arguments.results_file), arguments.results, results_text(table, arguments.command_line))
+        print(f"wrote the table into the '{arguments.results}' section of {arguments.results_file}")
 
 
 def run_bench_command(arguments) -> None:
@@ -301,7 +304,7 @@ COMMANDS = {"train": run_train, "caption": run_caption, "export": run_export, "e
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     arguments = parse_arguments(argv)
-    arguments.command_line = "python -m captioning " + shlex.join(argv)  # what compare --readme records
+    arguments.command_line = "python -m captioning " + shlex.join(argv)  # what compare --results records
     import_tensorflow_quietly()
     from captioning.errors import USER_ERRORS
 

@@ -162,8 +162,8 @@ class DecoderConfig:
     # region's vector ("attention", before attention and the initial state). Pretrained
     # features (e.g. MobileNet's ReLU6 outputs averaged over the grid) have channels of very
     # different scales; normalized, the projection trains faster. On Flickr8k with frozen
-    # MobileNet it lifted dev BLEU-4 by about 2 points (README). Off by default: the shapes
-    # configs were measured without it.
+    # MobileNet it lifted dev BLEU-4 (docs/results.md, the decoder sweep). Off by default: the
+    # shapes configs were measured without it.
     image_norm: bool = False
     # "rnn" only: also feed the projected image beside every word ("par-inject", Tanti et al.
     # 2018), not only as the initial state, so the decoder cannot forget it over a long caption.
@@ -183,8 +183,9 @@ class DecoderConfig:
     # Attention only: what the penalty is measured against. "per_token" divides each
     # caption's penalty by its number of predicted tokens, the scale of the training loss
     # (a mean per token), so lambda weighs the two terms as the paper's per-caption sums did.
-    # "per_caption" (the sum over the 49 regions alone, before this option) was about 28 of a
-    # training loss of 30.5 on Flickr8k and kept the attention nearly uniform.
+    # "per_caption" (the sum over the 49 regions alone, before this option) was most of the
+    # training loss on Flickr8k and kept the attention nearly uniform
+    # (docs/notes/attention-study.md, "Why the attention stays flat").
     attention_penalty_scale: str = "per_token"
     # Attention only: where the context enters. "input": Show, Attend and Tell (Xu et al.,
     # 2015): the previous hidden state attends and the context is fed to the cell with the
@@ -192,7 +193,7 @@ class DecoderConfig:
     # cell sees the word and the mean image, its new hidden state attends, and the context
     # goes to the output layer only. Lu et al. measured "output" above "input" on COCO and
     # Flickr30k; here it keeps the time loop as small as the rnn decoder's (the attention
-    # runs over every step at once), about 2x faster a step (README, fast decoder training).
+    # runs over every step at once), so a step costs less (docs/guide/speed-and-scale.md).
     attention_placement: str = "input"
     # "transformer" only: Transformer blocks (keras-hub TransformerDecoder, each causal
     # self-attention, cross-attention to the regions and a feed-forward layer units wide) and
@@ -274,17 +275,15 @@ class TrainingConfig:
     # Score each sample with its end token, as the reference implementations do: the
     # references end in "<end>" too, so a caption cut off mid-phrase ("a dog runs on the")
     # misses the n-grams that end a real caption. Without it the captions shrank each epoch
-    # (10.8, 9.4, 8.6 words on Flickr8k) and BLEU's brevity penalty grew.
+    # on Flickr8k and BLEU's brevity penalty grew (docs/results.md).
     self_critical_reward_end: bool = True
     # Seeds Python, NumPy, TensorFlow and Keras so a run repeats.
     seed: int = 0
     # Training steps between two mid-epoch checkpoints (checkpoints.py; 0: at epoch ends
-    # only), so a killed run loses at most about 5 minutes on 2 CPU cores: 100 steps of the
-    # slowest measured step, Flickr8k from scratch on 224 px images (17 min / 344 steps = 3 s),
-    # are 5 min; of the Flickr8k attention decoder on cached features (1.13 s) 1.9 min, of the
-    # LSTM decoder (0.43 s) 43 s; the shapes model's epoch (125 steps of 0.25-0.7 s) ends
-    # first. A save (weights + Adam slots, 54-71 MB for the Flickr8k decoders) takes 0.6-1.0 s,
-    # about 1% of 100 steps.
+    # only), so a killed run loses at most about 5 minutes on 2 CPU cores (100 of the slowest
+    # step measured, Flickr8k from scratch on 224 px images; the cached-feature decoders lose
+    # far less, and the shapes model's epoch ends first), while a save costs about 1 % of
+    # 100 steps. The step and save times: docs/results.md.
     checkpoint_every_steps: int = 100
     # Which images decide early stopping and the best epoch: "val", or "train_tail" (the
     # last holdout_images of the train split, held out from training) for a copy whose
@@ -312,13 +311,13 @@ class TrainingConfig:
     # Compute in float16, keep weights, logits and the loss in float32 (Keras policy
     # "mixed_float16", with dynamic loss scaling). Off by default: it pays only on GPUs with
     # tensor cores; on CPU float16 is slower than float32 (so was bfloat16 on an AVX2 CPU
-    # without AVX512-BF16: 1.14-1.17x slower a step), and the loss differs from a
+    # without AVX512-BF16, docs/results.md), and the loss differs from a
     # float32 run by rounding (1e-5 relative after five steps of the tiny test config, and
     # more as training goes on), so runs are only comparable with the same setting.
     mixed_precision: bool = False
     # Compile the training step with XLA (model.compile(jit_compile=...)). Off by default:
-    # on 2 CPU cores a Flickr8k-sized step was 1.14x (rnn) and 1.17x (attention) slower with
-    # it, after 49-61 s of compiling each batch shape; feature batches are trimmed to their
+    # on 2 CPU cores a Flickr8k-sized step was slower with it, after a long compile of each
+    # batch shape (docs/results.md); feature batches are trimmed to their
     # longest caption, so there are many shapes; and Keras' "auto" would switch it on for
     # GPUs only, making a run's numbers depend on the machine. Under XLA the decoders
     # unroll their time loop and compute the output layer on every position (static shapes).

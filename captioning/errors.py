@@ -8,8 +8,8 @@ from captioning.features import FeatureCacheError
 from captioning.files import CacheWriteError
 from captioning.images import ImageLoadError
 from captioning.model_file import ModelFileError
-from captioning.readme_results import ReadmeError
+from captioning.results_page import ResultsPageError
 from captioning.runs import RunError
 
 USER_ERRORS = (BatchCaptionError, CacheWriteError, ConfigError, DatasetError, EncoderWeightsError, FeatureCacheError,
-               ImageLoadError, ModelFileError, ReadmeError, RunError)
+               ImageLoadError, ModelFileError, ResultsPageError, RunError)

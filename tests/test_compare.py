@@ -220,20 +220,23 @@ def test_compare_command_line():
     arguments = parse_arguments(["compare", "a.toml", "experiments/", "--seeds", "0", "1", "--set", "training.epochs=1"])
     assert arguments.experiments == ["a.toml", "experiments/"] and arguments.seeds == [0, 1]
     assert arguments.set == ["training.epochs=1"] and arguments.out == "runs/compare"
-    assert arguments.readme is None and Path(arguments.readme_file).name == "README.md"
+    assert arguments.results is None and Path(arguments.results_file).parts[-2:] == ("docs", "results.md")
+    # --readme and --readme-file, the former names, still work
+    arguments = parse_arguments(["compare", "--readme", "shapes", "--readme-file", "page.md"])
+    assert arguments.results == "shapes" and arguments.results_file == "page.md"
 
 
-def test_compare_readme_writes_the_table_command_and_machine_into_its_section(compared, tmp_path, monkeypatch, capsys):
-    readme = tmp_path / "README.md"
-    readme.write_text("# title\n\n<!-- results:tiny -->\n(run `make compare` to fill this in)\n<!-- /results -->\n\nafter\n")
+def test_compare_results_writes_the_table_command_and_machine_into_its_section(compared, tmp_path, monkeypatch, capsys):
+    page = tmp_path / "results.md"
+    page.write_text("# title\n\n<!-- results:tiny -->\n(run `make compare` to fill this in)\n<!-- /results -->\n\nafter\n")
     monkeypatch.chdir(compared.root)  # the CLI's runs/ is compared.root/runs: both runs are reused
-    argv = ["compare", *map(str, compared.experiments), "--out", str(tmp_path / "out"), "--readme", "tiny",
-            "--readme-file", str(readme)]
+    argv = ["compare", *map(str, compared.experiments), "--out", str(tmp_path / "out"), "--results", "tiny",
+            "--results-file", str(page)]
     assert main(argv) == 0
     assert ": trained " not in capsys.readouterr().out
     table = (tmp_path / "out" / "compare.md").read_text()
-    text = readme.read_text()
+    text = page.read_text()
     assert text.startswith("# title\n\n<!-- results:tiny -->\nMade by `python -m captioning compare ")
     assert text.endswith(f"\n\n{table}<!-- /results -->\n\nafter\n")
-    assert "--readme tiny" in text and "fill this in" not in text
+    assert "--results tiny" in text and "fill this in" not in text
     assert f"{len(os.sched_getaffinity(0))} CPU cores (" in text and "TensorFlow 2." in text

@@ -1,13 +1,14 @@
-"""Fills a results section of README.md with a comparison table, the command that made it and the machine.
+"""Fills a section of the results page (docs/results.md) with a comparison table, its command, date and machine.
 
-A section is the text between two markers, which stay in place:
+A section is the text between two markers, which stay in place, so a result is regenerated,
+never edited by hand:
 
     <!-- results:shapes -->
-    (run `make compare README=shapes` to fill this in)
+    (run `make compare RESULTS=shapes` to fill this in)
     <!-- /results -->
 
-    fill_results_section(Path("README.md"), "shapes",
-                         results_text(Path("runs/compare/compare.md").read_text(), "make compare README=shapes"))
+    fill_results_section(Path("docs/results.md"), "shapes",
+                         results_text(Path("runs/compare/compare.md").read_text(), "make compare RESULTS=shapes"))
 """
 
 from __future__ import annotations
@@ -24,31 +25,31 @@ END_MARKER = "<!-- /results -->"
 START_PATTERN = re.compile(r"<!-- results:(\S+) -->")
 
 
-class ReadmeError(ValueError):
-    """The README has no (or more than one) results section of the requested name."""
+class ResultsPageError(ValueError):
+    """The results page is missing, or has no (or more than one) section of the requested name."""
 
 
 def start_marker(name: str) -> str:
     return f"<!-- results:{name} -->"
 
 
-def fill_results_section(readme: Path, name: str, text: str) -> None:
-    """Replaces what stands between ``<!-- results:name -->`` and the next ``<!-- /results -->`` with ``text``."""
-    readme = Path(readme)
-    if not readme.is_file():
-        raise ReadmeError(f"{readme}: no such file to write the results into")
-    content = readme.read_text()
+def fill_results_section(page: Path, name: str, text: str) -> None:
+    """Replaces what stands between ``<!-- results:name -->`` and the next ``<!-- /results -->`` in ``page``."""
+    page = Path(page)
+    if not page.is_file():
+        raise ResultsPageError(f"{page}: no such file to write the results into")
+    content = page.read_text()
     marker = start_marker(name)
     count = content.count(marker)
     if count != 1:
         found = ", ".join(START_PATTERN.findall(content)) or "none"
         problem = "has no" if count == 0 else f"has {count} of the"
-        raise ReadmeError(f"{readme} {problem} section marker '{marker}'; results sections found: {found}")
+        raise ResultsPageError(f"{page} {problem} section marker '{marker}'; results sections found: {found}")
     start = content.index(marker) + len(marker)
     end = content.find(END_MARKER, start)
     if end < 0:
-        raise ReadmeError(f"{readme}: '{marker}' has no '{END_MARKER}' after it")
-    write_text(readme, content[:start] + "\n" + text.strip("\n") + "\n" + content[end:])
+        raise ResultsPageError(f"{page}: '{marker}' has no '{END_MARKER}' after it")
+    write_text(page, content[:start] + "\n" + text.strip("\n") + "\n" + content[end:])
 
 
 def results_text(table_markdown: str, command: str, date: str | None = None, machine: str | None = None) -> str:

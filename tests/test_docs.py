@@ -1,0 +1,118 @@
+"""The documentation: the README stays a short guide, and every relative link (file and #anchor) resolves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+README = REPOSITORY_ROOT / "README.md"
+RESULTS_PAGE = REPOSITORY_ROOT / "docs" / "results.md"
+MAX_README_LINES = 260
+FIRST_SCREEN_LINES = 40
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+
+def documentation_files() -> list[Path]:
+    """README.md, models/README.md and every Markdown file under docs/."""
+    return [README, REPOSITORY_ROOT / "models" / "README.md", *sorted((REPOSITORY_ROOT / "docs").rglob("*.md"))]
+
+
+def prose_lines(text: str) -> list[str]:
+    """The lines outside fenced code blocks (links and headings in code are not links or headings)."""
+    lines, in_code = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        if not in_code:
+            lines.append(line)
+    return lines
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading counts by its text
+    text = text.lower().replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading anchor of a Markdown file, with GitHub's -1, -2 ... for repeated headings."""
+    found, seen = set(), {}
+    for line in prose_lines(path.read_text()):
+        match = HEADING.match(line)
+        if match:
+            anchor = heading_anchor(match.group(2))
+            count = seen.get(anchor, 0)
+            seen[anchor] = count + 1
+            found.add(anchor if count == 0 else f"{anchor}-{count}")
+    return found
+
+
+def broken_links(path: Path) -> list[str]:
+    """``"file: target (why)"`` for each relative link of ``path`` whose file or #anchor does not exist."""
+    problems = []
+    for line in prose_lines(path.read_text()):
+        for target in LINK.findall(line):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                problems.append(f"{path.relative_to(REPOSITORY_ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                problems.append(f"{path.relative_to(REPOSITORY_ROOT)}: {target} (no heading with that anchor)")
+    return problems
+
+
+def test_the_readme_is_a_short_guide():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines; move detail into docs/guide/"
+
+
+def test_caption_your_photo_is_on_the_first_screen_with_a_real_output_line():
+    first_screen = "\n".join(README.read_text().splitlines()[:FIRST_SCREEN_LINES])
+    assert "make train" in first_screen and "make test" in first_screen
+    assert "make caption IMG=photo.jpg" in first_screen and "models/flickr8k.keras" in first_screen
+    # the output line printed under the command: one of the shipped model's captions in models/README.md
+    captions = re.findall(r"^\| `\S+\.jpg` \| (.+?) \|$", (REPOSITORY_ROOT / "models" / "README.md").read_text(), re.M)
+    assert captions and any(f"\n{caption}\n" in first_screen for caption in captions)
+
+
+def test_every_relative_link_in_the_documentation_resolves():
+    assert len(documentation_files()) > 10  # the README, the model card, the guides, notes and results
+    problems = [problem for path in documentation_files() for problem in broken_links(path)]
+    assert problems == []
+
+
+def test_a_broken_link_or_anchor_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(f"{__name__}.REPOSITORY_ROOT", tmp_path)
+    (tmp_path / "other.md").write_text("# Other page\n\n## A `code` heading: yes\n")
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\n[fine](other.md#a-code-heading-yes) [self](#page) [web](https://example.com)\n"
+                    "[gone](missing.md) [bad anchor](other.md#nothing)\n```\n[in code](ignored.md)\n```\n")
+    assert broken_links(page) == ["page.md: missing.md (no such file)",
+                                  "page.md: other.md#nothing (no heading with that anchor)"]
+
+
+def test_the_results_page_has_the_sections_make_compare_writes():
+    from captioning.cli import RESULTS_PAGE as cli_results_page
+
+    assert cli_results_page == RESULTS_PAGE
+    text = RESULTS_PAGE.read_text()
+    names = re.findall(r"<!-- results:(\S+) -->", text)
+    assert "shapes" in names and len(names) == len(set(names))
+    assert text.count("<!-- /results -->") == len(names)
+
+
+def test_experiment_files_and_config_comments_point_at_the_results_page_not_the_readme():
+    """Measured numbers live in docs/results.md; no comment sends the reader to "the README" for them."""
+    files = [REPOSITORY_ROOT / "captioning" / "config.py", *sorted((REPOSITORY_ROOT / "experiments").rglob("*.toml"))]
+    assert len(files) > 20
+    pointing_at_readme = [str(path.relative_to(REPOSITORY_ROOT)) for path in files
+                          if re.search(r"\(README\b|README's|\bthe README\b", path.read_text())]
+    assert pointing_at_readme == []
