@@ -15,6 +15,10 @@ run's training facts (epochs, training time, parameters). ``out_dir`` then holds
     compare.csv           one row per run; over several seeds one row per experiment, with
                           "mean ± std" strings and numeric <metric>_mean / <metric>_std columns
     compare.md            the same table in Markdown (without the numeric mean / std columns)
+                          selection_bleu_4 / selection_cider: each run's scores on its early-stopping
+                          images (``evaluate.selection_metrics``: train_tail for the shared Flickr8k),
+                          and "chosen": the row with the best of those, so the pick never looks at
+                          the reported split
     compare_metrics.png   BLEU-1..4 and CIDEr per row, bars side by side (error bars: std over seeds)
     compare_curves.png    loss and validation loss per epoch of every trained run, overlaid
     compare_gradient_norms.png   when runs logged them (training.log_gradient_norms): the mean
@@ -36,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from captioning.config import ConfigError, ExperimentConfig, flatten, load_config, to_dict
-from captioning.evaluate import evaluate_run
+from captioning.evaluate import evaluate_run, selection_metrics
 from captioning.files import atomic_path, write_text
 from captioning.gradients import mean_norm_per_layer
 from captioning.plots import plot_layer_gradient_norms, plot_learning_curves, plot_metric_bars
@@ -46,8 +50,12 @@ from captioning.training import prepare_run_dir, train
 
 # Caption metrics from metrics.json; the optional ones get a column only when some run has them.
 METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",
-           "colour_accuracy", "shape_accuracy", "relation_accuracy"]
-OPTIONAL_METRICS = {"cider", "meteor", "rouge_l", "colour_accuracy", "shape_accuracy", "relation_accuracy"}
+           "colour_accuracy", "shape_accuracy", "relation_accuracy", "selection_bleu_4", "selection_cider"]
+OPTIONAL_METRICS = {"cider", "meteor", "rouge_l", "colour_accuracy", "shape_accuracy", "relation_accuracy",
+                    "selection_bleu_4", "selection_cider"}
+# What picks the best row (the "chosen" column): scores on each run's early-stopping images
+# (selection_metrics), never on the reported split; CIDEr-D first, BLEU-4 when it is missing.
+SELECTION_ORDER = ["selection_cider", "selection_bleu_4"]
 # evaluation_seconds (captioning and scoring the split) is where greedy and beam search differ.
 RUN_FACTS = ["trainable_parameters", "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
 # Copied with the weights into a run that reuses another's training (only [generation] differs).
@@ -86,18 +94,39 @@ def compare(experiment_paths, out_dir: str | Path, runs_root: str | Path = RUNS_
     runs = []
     for index, config in configs:
         run_dir, metrics = run_or_reuse(config, runs_root, saved, verbose)
+        selection = selection_metrics(run_dir)
+        metrics = {**metrics, "selection_split": selection["split"],
+                   **{f"selection_{name}": selection.get(name) for name in ("bleu_4", "cider")}}
         runs.append(ComparedRun(index, config, run_dir, metrics))
 
     aggregate = seeds is not None and len(seeds) > 1
     groups = [[run for run in runs if run.experiment_index == index] for index in sorted({run.experiment_index for run in runs})]
     groups = groups if aggregate else [[run] for run in runs]  # one group per table row
     table = seed_table(groups) if aggregate else run_table(runs)
+    table = mark_chosen(table, aggregate)
+    if "chosen" in table:
+        chosen = table.loc[table["chosen"] == "yes", "experiment"].iloc[0]
+        print(f"chosen on the early-stopping images ({runs[0].metrics['selection_split']}), not on the reported "
+              f"split: {chosen}")
     readable = table[[column for column in table if not column.endswith(("_mean", "_std"))]]
     write_text(out_dir / "compare.csv", table.to_csv(index=False))
     write_text(out_dir / "compare.md", markdown_table(readable))
     plots = plot_comparison(table, groups, out_dir, aggregate)
     print(markdown_table(readable), end="")
     print(f"wrote compare.csv, compare.md, {', '.join(plots)} to {out_dir}")
+    return table
+
+
+def mark_chosen(table: pd.DataFrame, aggregate: bool) -> pd.DataFrame:
+    """Adds the column "chosen": "yes" on the row with the best selection score (SELECTION_ORDER,
+    the mean over seeds when ``aggregate``), "" elsewhere; the table as it was without any."""
+    for name in SELECTION_ORDER:
+        column = f"{name}_mean" if aggregate else name
+        if column in table and table[column].notna().any():
+            best = table[column].astype(float).idxmax()
+            table = table.copy()
+            table.insert(1, "chosen", ["yes" if index == best else "" for index in table.index])
+            return table
     return table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from pathlib import Path
 
@@ -12,9 +13,12 @@ from captioning.captioner import Captioner
 from captioning.coco_metrics import coco_caption_scores
 from captioning.datasets import CaptionedImage, load_split
 from captioning.files import write_json, write_text
+from captioning.metrics import bleu_scores, shuffled_image_bleu_4
 from captioning.runs import METRICS_FILE
 from captioning.spatial import shapes_word_accuracies
-from captioning.metrics import bleu_scores, shuffled_image_bleu_4
+from captioning.splits import training_and_stopping_examples
+
+SELECTION_METRICS_FILE = "metrics_selection.json"  # in the run directory: selection_metrics
 
 
 def score_captions(examples: list[CaptionedImage], hypotheses: list[str], split: str) -> dict:
@@ -40,16 +44,24 @@ def evaluate_captioner(captioner: Captioner, split: str, progress: bool = True) 
     """Captions every image of ``split``; returns (metrics, one row per image)."""
     examples = load_split(captioner.config.data, split)
     limit = captioner.config.training.max_eval_images
-    examples = examples[:limit] if limit else examples
+    return evaluate_examples(captioner, examples[:limit] if limit else examples, split, progress)
+
+
+def evaluate_examples(captioner: Captioner, examples: list[CaptionedImage], split: str, progress: bool = True,
+                      attention: bool = True) -> tuple[dict, list[dict]]:
+    """Captions ``examples`` (named ``split`` in the metrics); returns (metrics, one row per image).
+    attention: add the attention statistics (attention decoders)."""
     hypotheses = captioner.caption_paths([example.image_path for example in examples], progress=progress)
     rows = [
         {"image": example.image_path, "caption": hypothesis, "references": " | ".join(example.captions)}
         for example, hypothesis in zip(examples, hypotheses)
     ]
     metrics = score_captions(examples, hypotheses, split)
-    metrics.update(attention_statistics(captioner, [example.image_path for example in examples]))
+    if attention:
+        metrics.update(attention_statistics(captioner, [example.image_path for example in examples]))
     if captioner.config.data.name == "shapes":  # the drawn objects are known: which words are right?
-        metrics.update(shapes_word_accuracies(captioner.config.data.root, split,
+        drawn_split = "train" if split == "train_tail" else split  # the held-out end of the train split
+        metrics.update(shapes_word_accuracies(captioner.config.data.root, drawn_split,
                                               [example.image_path for example in examples], hypotheses))
     return metrics, rows
 
@@ -67,6 +79,22 @@ def evaluate_run(run_dir: Path, facts: dict) -> dict:
     metrics.update(facts, evaluation_seconds=round(time.monotonic() - started, 1))
     write_results(metrics, rows, Path(run_dir) / METRICS_FILE, Path(run_dir) / f"captions_{split}.csv")
     print(format_metrics(metrics))
+    return metrics
+
+
+def selection_metrics(run_dir: Path) -> dict:
+    """The run's scores on the images that chose its best epoch (``training.early_stopping_split``:
+    ``train_tail`` for the shared Flickr8k, held out from training), with its own generation
+    settings; what ``make compare`` picks the best config on, so that the reported split
+    stays unseen by every choice. Computed once into SELECTION_METRICS_FILE."""
+    path = Path(run_dir) / SELECTION_METRICS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    captioner = Captioner.from_run(run_dir)
+    _, stopping_examples = training_and_stopping_examples(captioner.config)
+    metrics, _ = evaluate_examples(captioner, stopping_examples, captioner.config.training.early_stopping_split,
+                                   progress=False, attention=False)
+    write_json(path, metrics)
     return metrics
 
 

@@ -27,6 +27,7 @@ from conftest import tiny_config
 COMPARED_VALUES = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",
                    "colour_accuracy", "shape_accuracy", "relation_accuracy", "trainable_parameters",
                    "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
+SELECTION_VALUES = ["selection_bleu_4", "selection_cider"]
 
 
 def write_experiment(path, data_root, *overrides):
@@ -79,7 +80,7 @@ def test_compare_trains_each_experiment_and_writes_table_and_plots(compared):
     saved = pd.read_csv(out / "compare.csv")
     assert list(saved["experiment"]) == ["tiny_gru", "tiny_lstm"]
     markdown = (out / "compare.md").read_text().splitlines()
-    assert markdown[0].startswith("| experiment | decoder.cell |") and len(markdown) == 2 + 2
+    assert markdown[0].startswith("| experiment | chosen | decoder.cell |") and len(markdown) == 2 + 2
 
 
 def test_table_shows_only_the_fields_that_differ(compared):
@@ -93,7 +94,8 @@ def test_table_shows_only_the_fields_that_differ(compared):
 def test_table_values_are_each_runs_own_metrics(compared):
     """The issue's columns (the differing config fields, BLEU-1..4, CIDEr, parameters, training
     time) and the rest, each equal to what the run's own metrics.json and config.toml say."""
-    assert list(compared.table.columns) == ["experiment", "decoder.cell", *COMPARED_VALUES, "run"]
+    assert list(compared.table.columns) == ["experiment", "chosen", "decoder.cell", *COMPARED_VALUES[:11],
+                                            *SELECTION_VALUES, *COMPARED_VALUES[11:], "run"]
     saved = pd.read_csv(compared.root / "out" / "compare.csv")
     for row, saved_row in zip(compared.table.to_dict("records"), saved.to_dict("records")):
         run_dir = Path(row["run"])
@@ -103,6 +105,20 @@ def test_table_values_are_each_runs_own_metrics(compared):
             assert saved_row[name] == pytest.approx(metrics[name]), name
         assert metrics["trainable_parameters"] > 0 and metrics["training_seconds"] > 0
         assert load_run_config(run_dir).decoder.cell == row["decoder.cell"] == saved_row["decoder.cell"]
+
+
+def test_the_best_row_is_chosen_on_the_early_stopping_images_not_the_reported_split(compared):
+    """selection_*: each run's scores on its early-stopping split (val here; the reported split is
+    test), the same as evaluating that split directly; "chosen" marks the best selection CIDEr-D."""
+    for row in compared.table.to_dict("records"):
+        selection = json.loads((Path(row["run"]) / "metrics_selection.json").read_text())
+        assert selection["split"] == "val" and selection["images"] == 16
+        direct, _ = evaluate_captioner(Captioner.from_run(row["run"]), "val", progress=False)
+        assert row["selection_cider"] == pytest.approx(direct["cider"]) == pytest.approx(selection["cider"])
+        assert row["selection_bleu_4"] == pytest.approx(direct["bleu_4"])
+    best = compared.table["selection_cider"].idxmax()
+    assert list(compared.table["chosen"]) == ["yes" if index == best else "" for index in compared.table.index]
+    assert "chosen on the early-stopping images (val)" in compared.printed
 
 
 def test_second_compare_reuses_finished_runs(compared, tmp_path):
