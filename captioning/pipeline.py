@@ -157,6 +157,9 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
     if shuffle and bucket:
         dataset = dataset.shuffle(BUCKET_POOL_BATCHES, seed=seed + 1, reshuffle_each_iteration=False)
     dataset = dataset.skip(skip_batches)
+    # unbatch() forgets the count; known, the progress bar shows each epoch's end
+    batches = max(-(-len(features) // batch_size) - skip_batches, 0)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
 
     def gather(indices):
         indices = np.sort(indices)  # memory-mapped rows read in order

@@ -49,7 +49,7 @@ def test_token_loss_equals_the_masked_loss_over_every_position(tmp_path, decoder
         model.decoder.dropout.rate = model.decoder.head.dropout.rate = 0.0  # so training=True changes nothing else
         rows = np.repeat(inputs["features"], 3, axis=0), tokens[:, :, :-1].reshape(6, -1)
         _, attention = model.decoder(rows, training=False, return_attention=True)
-        penalty = float(model.decoder.attention_penalty(attention, rows[1]))
+        penalty = float(model.decoder.attention_penalty(attention, rows[1], per_token=True))  # the default scale
         trained = float(model.token_loss(inputs, targets, training=True))
         assert penalty > 0.1 and trained == pytest.approx(expected + penalty, rel=1e-5)
 
