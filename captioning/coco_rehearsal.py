@@ -90,14 +90,15 @@ def sharded_features(folder: Path, images: int, max_shard_bytes: int) -> tuple[S
     shape = (images, *FEATURE_SHAPE)
     if is_complete(folder):
         features = ShardedFeatures(folder)
-        if features.shape == shape and max(features.shard_rows) <= rows_per_shard(FEATURE_SHAPE, np.float16, max_shard_bytes):
+        largest_allowed = rows_per_shard(FEATURE_SHAPE, np.float16, max_shard_bytes)
+        if features.shape == shape and max(features.shard_rows, default=0) <= largest_allowed:
             return features, None
     needed = images * math.prod(FEATURE_SHAPE) * 2
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed * 1.05:
-        raise RehearsalError(f"{folder}: {needed / 1e9:.1f} GB of features need writing but only {free / 1e9:.1f} GB "
-                         "is free there; pass --work on a larger disk or fewer --images")
+        raise RehearsalError(f"{folder}: {needed / 1e9:.1f} GB of features need writing but only "
+                             f"{free / 1e9:.1f} GB is free there; pass --work on a larger disk or fewer --images")
     started = time.perf_counter()
     features = write_shards(folder, shape, random_feature_chunks(images), np.float16, max_shard_bytes)
     return features, time.perf_counter() - started
@@ -121,7 +122,7 @@ def run_rehearsal(images: int = COCO_TRAIN_IMAGES, steps: int = 30, warmup_steps
     (module docstring); prints them and writes them as JSON to ``out`` if given."""
     if images < 1 or steps < 1 or warmup_steps < 1:
         raise RehearsalError(f"the rehearsal needs at least one image, one warm-up step and one timed step "
-                         f"(got images={images}, warmup_steps={warmup_steps}, steps={steps})")
+                             f"(got images={images}, warmup_steps={warmup_steps}, steps={steps})")
     temporary = None if work_dir is not None else tempfile.mkdtemp(prefix="coco_rehearsal_")
     work = Path(work_dir if work_dir is not None else temporary)
     try:

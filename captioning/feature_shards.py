@@ -78,7 +78,8 @@ def write_shards(folder: str | Path, shape: tuple[int, ...], chunks: Iterable[np
                                          f"of {total} rows")
                     pending = np.asarray(chunk, dtype=dtype)
                     if pending.shape[1:] != row_shape:
-                        raise ValueError(f"{folder}: a chunk of shape {pending.shape} does not hold rows of {row_shape}")
+                        raise ValueError(f"{folder}: a chunk of shape {pending.shape} does not hold rows "
+                                         f"of {row_shape}")
                 take = min(rows - written, len(pending))
                 handle.write(np.ascontiguousarray(pending[:take]).tobytes())
                 pending, written = pending[take:], written + take
@@ -115,7 +116,8 @@ class ShardedFeatures:
             found = self._map(path)
             if found.shape != expected or found.dtype != self.dtype:
                 raise ShardError(f"{path}: holds {found.dtype} {found.shape}, the index says {self.dtype} {expected}")
-        self.starts = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)  # shard k: starts[k]..starts[k+1]
+        # shard k holds rows starts[k] to starts[k + 1] - 1
+        self.starts = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
 
     @staticmethod
     def _map(path: Path) -> np.ndarray:

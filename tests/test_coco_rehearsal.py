@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -134,3 +135,12 @@ def test_the_cli_refuses_a_rehearsal_without_steps(capsys):
     assert "at least one image" in capsys.readouterr().err
     with pytest.raises(RehearsalError):
         run_rehearsal(images=0)
+
+
+def test_too_little_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import captioning.coco_rehearsal as rehearsal
+
+    monkeypatch.setattr(rehearsal.shutil, "disk_usage", lambda path: SimpleNamespace(free=10**9))
+    with pytest.raises(RehearsalError, match="8.5 GB of features need writing but only 1.0 GB is free"):
+        sharded_features(tmp_path / "features", COCO_TRAIN_IMAGES, 10**9)
+    assert not list((tmp_path / "features").iterdir())
