@@ -18,6 +18,9 @@
 #                and <!-- /results -->; README=name is the former name and still works)
 #   make bench [OUT=file.json] [SET="data.root=/path/to/flickr8k ..."]   (speed ratios and peak memory; about 10 min on 2 cores)
 #              [PART=decoders]   (only the decoder-training epoch seconds and FLOP utilization, about 3 min)
+#   make rehearsal [IMAGES=113287] [STEPS=30] [OUT=file.json] [WORK=dir]   (the attention decoder on a synthetic
+#                COCO-sized data set, 8.5 GB of features in shards: peak memory, seconds a step, projected COCO
+#                epoch; WORK keeps the shards for the next run, default a temporary folder; docs/guide/scale.md)
 #   make inspect IMG=path [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]   (PNGs: the encoder's input,
 #                first-layer filters, each block's strongest feature maps, attention; default OUT runs/inspect/<image>)
 #   make serve [MODEL=file.keras or run dir] [PORT=8000]   (a web page on 127.0.0.1 that captions an uploaded
@@ -35,7 +38,7 @@ SPLIT ?= test
 RESULTS ?= $(README)
 PORT ?= 8000
 
-.PHONY: train caption export evaluate compare bench inspect serve test venv clean-cache
+.PHONY: train caption export evaluate compare bench rehearsal inspect serve test venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -63,6 +66,9 @@ compare: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) -m captioning bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET)) $(if $(PART),--$(PART))
+
+rehearsal: $(INSTALLED)
+	$(PY) -m captioning rehearsal $(if $(IMAGES),--images $(IMAGES)) $(if $(STEPS),--steps $(STEPS)) $(if $(OUT),--out "$(OUT)") $(if $(WORK),--work "$(WORK)") $(if $(SET),--set $(SET))
 
 inspect: $(INSTALLED)
 	@test -n "$(IMG)" || { echo "usage: make inspect IMG=path/to/image [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]" >&2; exit 2; }

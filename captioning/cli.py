@@ -120,6 +120,17 @@ def parse_arguments(argv):
     bench.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                        help="overrides of the bench's experiment, e.g. data.root=/path/to/flickr8k to time its images")
 
+    rehearsal = commands.add_parser("rehearsal", help="train the attention decoder on a synthetic COCO-sized data set "
+                                                      "from sharded features: peak memory and projected epoch time")
+    rehearsal.add_argument("--images", type=int, default=113_287,
+                           help="synthetic training images (default: COCO's Karpathy train split, 113,287)")
+    rehearsal.add_argument("--steps", type=int, default=30, help="timed training steps, after 3 warm-up steps")
+    rehearsal.add_argument("--work", help="keep the feature shards here and reuse them next time (default: a "
+                                          "temporary folder, removed afterwards)")
+    rehearsal.add_argument("--out", help="also write the figures as JSON here")
+    rehearsal.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                           help="overrides of the attention experiment (flickr8k_attention_scst.toml)")
+
     inspect = commands.add_parser("inspect", help="write PNGs of what the encoder makes of an image")
     inspect.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
     inspect.add_argument("--run", help="a trained run: its encoder, caption and attention (default: the latest run)")
@@ -283,6 +294,13 @@ def run_bench_command(arguments) -> None:
     run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out, decoders_only=arguments.decoders)
 
 
+def run_rehearsal_command(arguments) -> None:
+    from captioning.coco_rehearsal import run_rehearsal
+
+    run_rehearsal(arguments.images, arguments.steps, work_dir=arguments.work, out=arguments.out,
+                  overrides=arguments.set)
+
+
 def run_inspect(arguments) -> None:
     from captioning.inspection import inspect
 
@@ -298,7 +316,8 @@ def run_serve(arguments) -> None:
 
 
 COMMANDS = {"train": run_train, "caption": run_caption, "export": run_export, "evaluate": run_evaluate,
-            "compare": run_compare, "bench": run_bench_command, "inspect": run_inspect, "serve": run_serve}
+            "compare": run_compare, "bench": run_bench_command,
+            "rehearsal": run_rehearsal_command, "inspect": run_inspect, "serve": run_serve}
 
 
 def main(argv=None) -> int:

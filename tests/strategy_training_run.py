@@ -2,10 +2,12 @@
 subprocess, because TensorFlow's devices are fixed when it starts.
 
     python tests/strategy_training_run.py OUT_DIR --strategies default mirrored [--devices N]
-        [--interrupt] [--set SECTION.FIELD=VALUE ...]
+        [--interrupt] [--no-evaluation] [--set SECTION.FIELD=VALUE ...]
 
 Each strategy trains into OUT_DIR/<strategy>/run; with --interrupt every strategy but
-"default" is interrupted after its first epoch and resumed. Writes OUT_DIR/<strategy>.json
+"default" is interrupted after its first epoch and resumed. With --no-evaluation the run
+is not scored on its evaluation split (about 20 s of beam search and METEOR's Java on the
+tiny config): metrics.json then holds only the training facts. Writes OUT_DIR/<strategy>.json
 (OUT_DIR/multi_worker-worker<i>.json for worker i of several):
 {"replicas", "initial_weights" (sha256 of the weights as built), "history" (state.json's),
 "epochs_done", "epochs_before_interruption", "finished" (metrics.json written)}.
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", required=True)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--interrupt", action="store_true")
+    parser.add_argument("--no-evaluation", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     arguments = parser.parse_args()
 
@@ -44,6 +47,7 @@ def main() -> None:
     import captioning.training as train_module
     from captioning.checkpoints import TrainingCheckpoint
     from captioning.distribution import current_worker
+    from captioning.files import write_json
     from conftest import tiny_config
 
     keras.config.disable_traceback_filtering()  # a failure in a subprocess shows its whole stack
@@ -55,6 +59,9 @@ def main() -> None:
         original_on_epoch_end(self, epoch, logs)
         if epoch == 0:
             raise KeyboardInterrupt("simulated interruption")
+
+    if arguments.no_evaluation:  # the facts training gathered, unscored
+        train_module.evaluate_run = lambda run_dir, facts: write_json(Path(run_dir) / "metrics.json", facts) or facts
 
     for strategy in arguments.strategies:
         config = tiny_config(out_dir / "data", f"training.strategy={strategy}", *arguments.overrides)

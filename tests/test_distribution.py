@@ -225,29 +225,68 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+# Two workers on 127.0.0.1 (every `make test`): the smallest run that still crosses the
+# process boundary: one epoch of two batches of 16 on 32 px shapes, unscored; 56 s on the shared
+# 2-core machine under a load of 7 (three processes each import TensorFlow and trace the step).
+TWO_WORKERS = [*SAME_ARITHMETIC, "training.epochs=1", "data.shapes_train_size=32", "data.shapes_val_size=8",
+               "data.shapes_test_size=4"]
+# Two workers of one CPU device each and one process mirrored over two logical CPU devices
+# run the same replicas on the same batches from the same weights; only the order of the
+# cross-replica sums may differ (float32 rounding).
+TWO_WORKERS_RELATIVE_TOLERANCE = 1e-4
+
+
+def start_two_workers(out_dir: Path, overrides: list[str], *arguments) -> list[subprocess.Popen]:
+    """Workers 0 and 1 of a TF_CONFIG cluster on two free 127.0.0.1 ports, each training
+    the tiny config under "multi_worker" into out_dir (one run directory, as on a shared disk)."""
+    for split in ("train", "val", "test"):  # generated once, not by two workers at the same time
+        load_split(tiny_config(out_dir / "data", *overrides).data, split)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    return [run_strategies(out_dir, "--strategies", "multi_worker", *arguments, "--set", *overrides,
+                           environment={"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                                 "task": {"type": "worker", "index": index}})})
+            for index in range(2)]
+
+
+def check_two_workers_against_mirrored(cluster_dir: Path, mirrored_path: Path, epochs: int) -> None:
+    """The two workers' records (strategy_training_run.py) against the one-process mirrored record."""
+    multi_worker = json.loads((cluster_dir / "multi_worker-worker0.json").read_text())
+    other_worker = json.loads((cluster_dir / "multi_worker-worker1.json").read_text())
+    mirrored = json.loads(mirrored_path.read_text())
+    assert (multi_worker["replicas"], mirrored["replicas"]) == (2, 2)
+    assert multi_worker["finished"]
+    assert multi_worker["initial_weights"] == mirrored["initial_weights"] == other_worker["initial_weights"]
+    assert len(multi_worker["history"]) == len(mirrored["history"]) == epochs
+    assert other_worker["history"] == multi_worker["history"]  # the workers trained one model together
+    for name in ("loss", "val_loss"):
+        assert multi_worker["history"][0][name] == pytest.approx(mirrored["history"][0][name],
+                                                                 rel=TWO_WORKERS_RELATIVE_TOLERANCE), name
+    worker_checkpoint = cluster_dir / "multi_worker" / "run" / "checkpoint" / "worker-1" / "state.json"
+    assert json.loads(worker_checkpoint.read_text())["epochs_done"] == epochs
+
+
+def test_two_worker_processes_on_this_machine_train_like_one_mirrored_process(tmp_path):
+    """Two processes on 127.0.0.1 (TF_CONFIG) under MultiWorkerMirroredStrategy train the
+    trainable conv_stack model while one process mirrored over two logical CPU devices
+    trains the same, all three at once; none is scored on the test split. The workers'
+    losses match the mirrored process's within float32 rounding (and the mirrored test
+    above ties mirrored training to one device)."""
+    workers = start_two_workers(tmp_path / "cluster", TWO_WORKERS, "--no-evaluation")
+    reference = run_strategies(tmp_path / "reference", "--strategies", "mirrored", "--devices", "2",
+                               "--no-evaluation", "--set", *TWO_WORKERS)
+    for process in (*workers, reference):
+        finish(process, timeout=300)
+    check_two_workers_against_mirrored(tmp_path / "cluster", tmp_path / "reference" / "mirrored.json", epochs=1)
+
+
 @pytest.mark.slow
-def test_two_workers_on_this_machine_train_like_two_mirrored_devices(tmp_path):
-    """Two processes on localhost (TF_CONFIG), each one CPU device, with a frozen backbone
-    so the feature cache is extracted in shards, against mirrored training on two devices."""
+def test_two_workers_with_a_frozen_backbone_extract_features_in_shards(tmp_path):
+    """What the fast test leaves out: a frozen backbone (the feature cache extracted in
+    shards by the two workers), two epochs, and scoring on the test split."""
     frozen = [*SAME_ARITHMETIC, "encoder.name=mobilenet", "encoder.weights=none", "encoder.alpha=0.25",
               f"images.feature_cache_dir={tmp_path / 'features'}"]
-    for split in ("train", "val", "test"):  # generated once, not by two workers at the same time
-        load_split(tiny_config(tmp_path / "cluster" / "data", *frozen).data, split)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    workers = [run_strategies(tmp_path / "cluster", "--strategies", "multi_worker", "--set", *frozen,
-                              environment={"TF_CONFIG": json.dumps({"cluster": cluster,
-                                                                    "task": {"type": "worker", "index": index}})})
-               for index in range(2)]
+    workers = start_two_workers(tmp_path / "cluster", frozen)
     for worker in workers:
         finish(worker, timeout=900)
     finish(run_strategies(tmp_path / "mirrored", "--strategies", "mirrored", "--devices", "2", "--set", *frozen))
-    multi_worker = json.loads((tmp_path / "cluster" / "multi_worker-worker0.json").read_text())
-    other_worker = json.loads((tmp_path / "cluster" / "multi_worker-worker1.json").read_text())
-    mirrored = json.loads((tmp_path / "mirrored" / "mirrored.json").read_text())
-    assert multi_worker["replicas"] == 2 and multi_worker["finished"]
-    assert multi_worker["initial_weights"] == mirrored["initial_weights"] == other_worker["initial_weights"]
-    assert other_worker["history"] == multi_worker["history"]  # the workers trained one model together
-    for name in ("loss", "val_loss"):
-        assert multi_worker["history"][0][name] == pytest.approx(mirrored["history"][0][name], rel=1e-4), name
-    worker_checkpoint = tmp_path / "cluster" / "multi_worker" / "run" / "checkpoint" / "worker-1" / "state.json"
-    assert json.loads(worker_checkpoint.read_text())["epochs_done"] == 2
+    check_two_workers_against_mirrored(tmp_path / "cluster", tmp_path / "mirrored" / "mirrored.json", epochs=2)
