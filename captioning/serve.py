@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from captioning.attention_plot import upsample
-from captioning.captioner import Captioner
+from captioning.captioner import Captioner, load
 from captioning.config import ConfigError
 from captioning.images import ImageLoadError, read_rgb_bytes
 from captioning.runs import RunError, latest_run
@@ -60,25 +60,12 @@ OVERLAY_FLOOR = 0.2
 def load_captioner(model_or_run: str | Path | None = None) -> Captioner:
     """The demo's one seam to the model on disk.
 
-    model_or_run: a one-file model (``*.keras``, read by ``captioning.load``) or a run
-        directory; None: DEFAULT_MODEL if it exists, else the newest trained run (as
-        `make caption` picks).
+    model_or_run: a one-file model (``*.keras``) or a run directory, read by ``captioning.load``;
+        None: DEFAULT_MODEL if it exists, else the newest trained run (as `make caption` picks).
     """
     if model_or_run is None:
         model_or_run = DEFAULT_MODEL if DEFAULT_MODEL.is_file() else latest_run()
-    path = Path(model_or_run)
-    if path.suffix == ".keras":
-        import captioning
-
-        load = getattr(captioning, "load", None)
-        if load is None:
-            raise RunError(f"{path}: this version cannot read one-file models (no captioning.load); "
-                           "pass a run directory instead")
-        if not path.is_file():
-            raise RunError(f"{path}: no such model file")
-        captioner = load(path)
-    else:
-        captioner = Captioner.from_run(path)
+    captioner = load(model_or_run)  # a file that is missing or not a model: ModelFileError naming it
     # Uploads are seen once: caching their arrays on disk would only fill the image cache.
     captioner.reader.cache = None
     return captioner

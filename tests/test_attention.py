@@ -260,8 +260,8 @@ def test_beam_search_runs_inside_tf_function():
 
 
 def test_unknown_decoder_name_is_a_config_error_listing_valid_names():
-    with pytest.raises(ConfigError, match=r"unknown decoder 'transformer' \(decoder.name\); valid: rnn, attention"):
-        build_decoder(DecoderConfig(name="transformer"), VOCAB_SIZE)
+    with pytest.raises(ConfigError, match=r"unknown decoder 'transformers' \(decoder.name\); valid: rnn, attention, transformer"):
+        build_decoder(DecoderConfig(name="transformers"), VOCAB_SIZE)
 
 
 def test_shapes_attention_experiment_differs_from_the_default_experiment_in_the_decoder_name_only():

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-import captioning
 from captioning import serve
 from captioning.captioner import Captioner
+from captioning.model_file import ModelFileError
 from captioning.cli import main
 from captioning.images import ImageLoadError, read_rgb
 from captioning.model import build_model
@@ -213,8 +213,7 @@ def test_load_captioner_reads_a_run_and_names_what_it_cannot_load(trained_attent
     monkeypatch.chdir(tmp_path)  # no models/, no runs/
     with pytest.raises(RunError, match="no trained run"):
         serve.load_captioner()
-    monkeypatch.delattr(captioning, "load", raising=False)
-    with pytest.raises(RunError, match="one-file models"):
+    with pytest.raises(ModelFileError, match="model.keras"):
         serve.load_captioner(tmp_path / "model.keras")
 
 
@@ -225,8 +224,8 @@ def test_load_captioner_prefers_the_exported_model_through_captioning_load(train
     model_file.parent.mkdir()
     model_file.write_bytes(b"stands for an exported model")
     loaded = []
-    monkeypatch.setattr(captioning, "load", lambda path: loaded.append(Path(path)) or
-                        Captioner.from_run(trained_attention_run), raising=False)
+    monkeypatch.setattr(serve, "load", lambda path: loaded.append(Path(path)) or
+                        Captioner.from_run(trained_attention_run))
     assert isinstance(serve.load_captioner(), Captioner)
     assert loaded == [serve.DEFAULT_MODEL]
 
