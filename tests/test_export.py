@@ -121,5 +121,5 @@ def test_the_shipped_flickr8k_model_captions_a_real_photo():
     captioner = load(DEFAULT_MODEL)
     caption = captioner.caption(str(photo))
     words = caption.split()
-    assert len(words) >= 4 and "dog" in words, caption
+    assert len(words) >= 4 and ("dog" in words or "dogs" in words), caption
     assert not {"square", "circle", "triangle"} & set(words), caption  # not the shapes vocabulary
