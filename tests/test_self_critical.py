@@ -115,13 +115,16 @@ def test_self_critical_settings_that_cannot_run_are_refused(tmp_path):
     check_self_critical(tiny_config(tmp_path, *frozen))
 
 
-def test_self_critical_steps_raise_the_reward_of_sampled_captions(tmp_path):
+@pytest.mark.parametrize("decoder", [["decoder.name=attention"],
+                                     ["decoder.name=transformer", "decoder.transformer_heads=2"]],
+                         ids=["attention", "transformer"])
+def test_self_critical_steps_raise_the_reward_of_sampled_captions(tmp_path, decoder):
     """Learning: every image's references are "red circle"; a random decoder samples random
     words. After REINFORCE steps its samples score clearly higher CIDEr-D than before."""
     keras.utils.set_random_seed(0)
     vocabulary = Vocabulary.build(["red circle", "blue square", "green triangle small big"])
     references = [["red circle"] * 3, ["blue square"] * 3]  # the corpus: two kinds of image
-    config = tiny_config(tmp_path, "decoder.name=attention", "decoder.max_length=6", "decoder.dropout=0")
+    config = tiny_config(tmp_path, *decoder, "decoder.max_length=6", "decoder.dropout=0")
     model = build_feature_model(config, vocabulary.size, (4, 8))
     compile_model(model, config.training, learning_rate=0.01)
     model.optimizer.build(model.trainable_variables)

@@ -1,9 +1,10 @@
 """The Transformer decoder: its attention weights, cached generation through the shared search
-code, a learning check on cached features (real features beat shuffled ones), self-critical
-steps, and a tiny run that trains, evaluates and draws its attention.
+code, a learning check on cached features (real features beat shuffled ones), and a tiny run
+that trains, evaluates and draws its attention.
 
 Output shapes, step-by-step = whole sequence, serialization and gradients are covered with
-every other decoder in test_models.py (DECODER_VARIANTS)."""
+every other decoder in test_models.py (DECODER_VARIANTS); self-critical learning in
+test_self_critical.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from captioning.cider import CiderD
 from captioning.cli import main
 from captioning.config import ConfigError, DecoderConfig, GenerationConfig
 from captioning.decoders import build_decoder
@@ -23,7 +23,6 @@ from captioning.metrics import bleu_scores, derangement
 from captioning.model import build_feature_model, compile_model
 from captioning.pipeline import feature_dataset
 from captioning.search import build_sampler, forbid_special_tokens, generate_token_ids
-from captioning.self_critical import SelfCriticalTrainer
 from captioning.training import train
 from captioning.vocabulary import Vocabulary
 
@@ -124,30 +123,6 @@ def test_the_transformer_learns_captions_from_the_features(tmp_path):
 
     real, shuffled = bleu_4(test_features), bleu_4(test_features[derangement(40, seed=0)])
     assert real > 0.9 and shuffled < real - 0.4, (real, shuffled)
-
-
-def test_self_critical_steps_raise_the_transformers_reward(tmp_path):
-    """As test_self_critical.py's learning check, with the transformer's cache in the sampler."""
-    keras.utils.set_random_seed(0)
-    vocabulary = Vocabulary.build(["red circle", "blue square", "green triangle small big"])
-    references = [["red circle"] * 3, ["blue square"] * 3]
-    config = tiny_config(tmp_path, "decoder.name=transformer", "decoder.max_length=6", "decoder.dropout=0",
-                         "decoder.transformer_heads=2")
-    model = build_feature_model(config, vocabulary.size, (4, 8))
-    compile_model(model, config.training, learning_rate=0.01)
-    model.optimizer.build(model.trainable_variables)
-    trainer = SelfCriticalTrainer(model, vocabulary, CiderD(references), samples=8, max_length=6, seed=3)
-    features = np.random.default_rng(0).normal(size=(8, 4, 8)).astype(np.float32)
-    targets = [references[0]] * 8
-
-    def mean_reward():
-        captions = [vocabulary.decode(row[1:]) for row in trainer.sample(features)]
-        return float(trainer.scorer.scores(captions, [refs for refs in targets for _ in range(8)]).mean())
-
-    before = mean_reward()
-    for _ in range(40):
-        trainer.train_batch(features, targets)
-    assert mean_reward() > before + 2.0
 
 
 def test_a_tiny_transformer_run_trains_evaluates_and_draws_its_attention(tiny_data_root, tmp_path, capsys):
