@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from captioning.measuring import best_seconds, random_features, step_end_timer
+
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "flickr8k_mobilenet_lstm.toml"
 CAPTIONS_PER_IMAGE = 5
 # Flickr8k's photos are at most 500 px wide; most are 500 x 375 or 375 x 500.
@@ -164,19 +166,6 @@ def synthetic_examples(paths: list[str], vocabulary_words: int, seed: int = 0):
                                        for _ in range(CAPTIONS_PER_IMAGE))) for path in paths]
 
 
-def random_features(path: Path, count: int, feature_shape, seed: int = 0) -> np.ndarray:
-    """A memory-mapped (count, regions, channels) float16 file of non-negative features, as
-    a feature cache holds them (ReLU outputs), written in chunks so it never sits in memory."""
-    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(count, *feature_shape))
-    rng = np.random.default_rng(seed)
-    for start in range(0, count, 256):
-        chunk = features[start:start + 256]
-        chunk[:] = np.abs(rng.standard_normal(chunk.shape, dtype=np.float32))
-    features.flush()
-    del features
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
 def random_tokens(count: int, length: int, vocab_size: int, seed: int = 0) -> np.ndarray:
     """(count, 5, length) int32 captions: <start>, 8 to 16 word ids, <end>, padding."""
     from captioning.vocabulary import END_ID, SPECIAL_TOKENS, START_ID
@@ -195,31 +184,6 @@ def random_tokens(count: int, length: int, vocab_size: int, seed: int = 0) -> np
 # ---------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------
-
-
-def best_seconds(function, repeats: int) -> float:
-    """The fastest of ``repeats`` calls of ``function()``, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def step_end_timer():
-    """A Keras callback whose ``step_ends`` lists the time.perf_counter() at the end of every training step."""
-    import keras
-
-    class StepEndTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.step_ends = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.step_ends.append(time.perf_counter())
-
-    return StepEndTimer()
 
 
 def steady_step_seconds(model, dataset, steps: int) -> float:

@@ -140,7 +140,7 @@ def _rehearse(images: int, steps: int, warmup_steps: int, work: Path, max_shard_
               overrides: list[str]) -> dict:
     import keras
 
-    from captioning.bench import step_end_timer
+    from captioning.measuring import step_end_timer
     from captioning.config import load_config
     from captioning.model import build_feature_model, compile_model
     from captioning.pipeline import feature_dataset

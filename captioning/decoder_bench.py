@@ -63,7 +63,7 @@ def matmul_flops_per_second(repeats: int = 20) -> float:
     """This machine's float32 matmul rate on MATMUL_SHAPE, compiled, best of ``repeats``."""
     import tensorflow as tf
 
-    from captioning.bench import best_seconds
+    from captioning.measuring import best_seconds
 
     rows, inputs, outputs = MATMUL_SHAPE
     left = tf.random.normal((rows, inputs), seed=0)
@@ -105,7 +105,7 @@ def measure_decoder_epoch(name: str, work: Path, images: int, timed_steps: int, 
     import keras
     import tensorflow as tf
 
-    from captioning.bench import random_features, step_end_timer
+    from captioning.measuring import random_features, step_end_timer
     from captioning.config import load_config
     from captioning.model import build_feature_model, compile_model
     from captioning.pipeline import feature_dataset

@@ -25,7 +25,7 @@ import keras
 import keras_hub
 from keras import layers, ops
 
-from captioning.decoders import CaptionDecoder, OutputHead, float32_logits
+from captioning.decoder_parts import CaptionDecoder, OutputHead, float32_logits
 
 # The attention layer TransformerDecoder builds; keras-hub does not export it under keras_hub.layers.
 from keras_hub.src.layers.modeling.cached_multi_head_attention import CachedMultiHeadAttention  # noqa: E402
