@@ -165,7 +165,8 @@ def test_16_concurrent_requests_are_all_answered_correctly_by_one_model_run_one_
         trained_attention_run, photos, monkeypatch):
     loads = []
     load_run = Captioner.from_run
-    monkeypatch.setattr(Captioner, "from_run", lambda run_dir: loads.append(run_dir) or load_run(run_dir))
+    monkeypatch.setattr(Captioner, "from_run",
+                        lambda run_dir, overrides=(): loads.append(run_dir) or load_run(run_dir, overrides))
     captioner = serve.load_captioner(trained_attention_run)
     expected = {photo.name: (captioner.caption_paths([str(photo)])[0],
                              [text for text, _ in captioner.top_captions(str(photo), serve.TOP_BEAMS)])
