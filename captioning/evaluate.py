@@ -51,18 +51,18 @@ def evaluate_examples(captioner: Captioner, examples: list[CaptionedImage], spli
                       attention: bool = True) -> tuple[dict, list[dict]]:
     """Captions ``examples`` (named ``split`` in the metrics); returns (metrics, one row per image).
     attention: add the attention statistics (attention decoders)."""
-    hypotheses = captioner.caption_paths([example.image_path for example in examples], progress=progress)
+    paths = [example.image_path for example in examples]
+    hypotheses = captioner.caption_paths(paths, progress=progress)
     rows = [
         {"image": example.image_path, "caption": hypothesis, "references": " | ".join(example.captions)}
         for example, hypothesis in zip(examples, hypotheses)
     ]
     metrics = score_captions(examples, hypotheses, split)
     if attention:
-        metrics.update(attention_statistics(captioner, [example.image_path for example in examples]))
+        metrics.update(attention_statistics(captioner, paths))
     if captioner.config.data.name == "shapes":  # the drawn objects are known: which words are right?
         drawn_split = "train" if split == "train_tail" else split  # the held-out end of the train split
-        metrics.update(shapes_word_accuracies(captioner.config.data.root, drawn_split,
-                                              [example.image_path for example in examples], hypotheses))
+        metrics.update(shapes_word_accuracies(captioner.config.data.root, drawn_split, paths, hypotheses))
     return metrics, rows
 
 
