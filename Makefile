@@ -65,10 +65,10 @@ compare: $(INSTALLED)
 	$(PY) -m captioning compare $(EXPERIMENTS) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SET),--set $(SET)) $(if $(RESULTS),--results $(RESULTS))
 
 bench: $(INSTALLED)
-	$(PY) -m captioning bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET)) $(if $(PART),--$(PART))
+	$(PY) -m benchmarks bench $(if $(OUT),--out $(OUT)) $(if $(SET),--set $(SET)) $(if $(PART),--$(PART))
 
 rehearsal: $(INSTALLED)
-	$(PY) -m captioning rehearsal $(if $(IMAGES),--images $(IMAGES)) $(if $(STEPS),--steps $(STEPS)) $(if $(OUT),--out "$(OUT)") $(if $(WORK),--work "$(WORK)") $(if $(SET),--set $(SET))
+	$(PY) -m benchmarks rehearsal $(if $(IMAGES),--images $(IMAGES)) $(if $(STEPS),--steps $(STEPS)) $(if $(OUT),--out "$(OUT)") $(if $(WORK),--work "$(WORK)") $(if $(SET),--set $(SET))
 
 inspect: $(INSTALLED)
 	@test -n "$(IMG)" || { echo "usage: make inspect IMG=path/to/image [RUN=dir | EXPERIMENT=file] [SET=...] [OUT=dir]" >&2; exit 2; }

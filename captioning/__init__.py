@@ -13,7 +13,7 @@ The Python API (TensorFlow is imported on first use, not by ``import captioning`
 __all__ = ["Captioner", "load", "load_config", "train"]
 
 _LAZY = {"Captioner": "captioning.captioner", "load": "captioning.captioner", "load_config": "captioning.config",
-         "train": "captioning.training"}
+         "train": "captioning.training.loop"}
 
 
 def __getattr__(name):

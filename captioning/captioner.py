@@ -17,14 +17,14 @@ import tensorflow as tf
 from PIL import Image
 
 from captioning.config import ConfigError, ExperimentConfig
-from captioning.encoders import normalization_for
-from captioning.images import load_image, load_pil_image
-from captioning.model import CaptionModel, build_model
-from captioning.pipeline import ImageReader, image_dataset
-from captioning.precision import precision_policy
+from captioning.data.images import load_image, load_pil_image
+from captioning.data.pipeline import ImageReader, image_dataset
+from captioning.data.vocabulary import END_ID, Vocabulary
+from captioning.models.caption_model import CaptionModel, build_model
+from captioning.models.encoders import normalization_for
+from captioning.models.precision import precision_policy
+from captioning.models.search import build_sampler, build_top_beams_sampler, generate_token_ids
 from captioning.runs import VOCABULARY_FILE, WEIGHTS_FILE, RunError, load_run_config
-from captioning.search import build_sampler, build_top_beams_sampler, generate_token_ids
-from captioning.vocabulary import END_ID, Vocabulary
 
 # What a model file's --set may change: how it generates and caches, not what it is.
 MODEL_FILE_OVERRIDABLE = ("generation.", "images.cache=", "images.cache_dir=")
@@ -73,7 +73,7 @@ class Captioner:
     @classmethod
     def from_model_file(cls, path: str | Path, overrides: list[str] = ()) -> "Captioner":
         """A one-file model (``make export``); ``overrides`` may change generation.* and the image cache."""
-        from captioning.model_file import read_model_file
+        from captioning.models.model_file import read_model_file
 
         for text in overrides:
             if not text.strip().startswith(MODEL_FILE_OVERRIDABLE):

@@ -1,4 +1,5 @@
-"""Command line: parses arguments and calls the library; nothing else.
+"""Command line: parses arguments and calls the library; nothing else. (The benchmarks have their own:
+``python -m benchmarks``.)
 
     python -m captioning train [--experiment FILE] [--run DIR] [--set section.field=value ...]
     python -m captioning caption IMAGE_OR_FOLDER ... [--run DIR | --model FILE.keras] [--beam WIDTH] [--top N]
@@ -6,7 +7,6 @@
     python -m captioning export --run DIR --out FILE.keras
     python -m captioning evaluate [--run DIR] [--split test] [--set ...] [--out FILE] [--beam WIDTH]
     python -m captioning compare [EXPERIMENT_OR_DIR ...] [--out DIR] [--seeds 0 1 2] [--set ...] [--results NAME]
-    python -m captioning bench [--quick] [--decoders] [--out FILE.json] [--set ...]
     python -m captioning inspect IMAGE [--run DIR | --experiment FILE] [--set ...] [--out DIR]
     python -m captioning serve [--model FILE.keras | RUN_DIR] [--port 8000] [--host 127.0.0.1]
 """
@@ -111,26 +111,6 @@ def parse_arguments(argv):
     compare.add_argument("--results-file", "--readme-file", dest="results_file", default=str(RESULTS_PAGE),
                          metavar="FILE", help="the page --results writes into (default: docs/results.md)")
 
-    bench = commands.add_parser("bench", help="measure what the feature cache, tf.data, batching and the image cache "
-                                              "buy on this machine (ratios), and training's peak memory")
-    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the bench runs (numbers mean nothing)")
-    bench.add_argument("--out", help="also write the results as JSON here")
-    bench.add_argument("--decoders", action="store_true",
-                       help="only the decoder-training figures (rnn/attention epoch seconds, FLOP utilization)")
-    bench.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
-                       help="overrides of the bench's experiment, e.g. data.root=/path/to/flickr8k to time its images")
-
-    rehearsal = commands.add_parser("rehearsal", help="train the attention decoder on a synthetic COCO-sized data set "
-                                                      "from sharded features: peak memory and projected epoch time")
-    rehearsal.add_argument("--images", type=int, default=113_287,
-                           help="synthetic training images (default: COCO's Karpathy train split, 113,287)")
-    rehearsal.add_argument("--steps", type=int, default=30, help="timed training steps, after 3 warm-up steps")
-    rehearsal.add_argument("--work", help="keep the feature shards here and reuse them next time (default: a "
-                                          "temporary folder, removed afterwards)")
-    rehearsal.add_argument("--out", help="also write the figures as JSON here")
-    rehearsal.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
-                           help="overrides of the attention experiment (flickr8k_attention_scst.toml)")
-
     inspect = commands.add_parser("inspect", help="write PNGs of what the encoder makes of an image")
     inspect.add_argument("image", help="any image Pillow reads (PNG, JPEG, ...)")
     inspect.add_argument("--run", help="a trained run: its encoder, caption and attention (default: the latest run)")
@@ -165,7 +145,7 @@ def evaluation_name(split: str, overrides: list[str], beam: int | None) -> str:
 def run_train(arguments) -> None:
     from captioning.config import load_config
     from captioning.runs import load_run_config, new_run_dir, unfinished_run_with_config
-    from captioning.training import train
+    from captioning.training.loop import train
 
     if arguments.run and Path(arguments.run, "config.toml").is_file() and not arguments.experiment:
         config = load_run_config(Path(arguments.run), arguments.set)  # resume a named run with its own config
@@ -198,7 +178,7 @@ def is_batch(arguments) -> bool:
 
 
 def run_caption(arguments) -> int:
-    from captioning.images import read_rgb
+    from captioning.data.images import read_rgb
 
     if is_batch(arguments):
         return run_batch_caption(arguments)
@@ -206,7 +186,7 @@ def run_caption(arguments) -> int:
     read_rgb(image)  # a bad image fails here, before the model loads
     captioner = load_captioner(arguments)
     if arguments.attention is not None:
-        from captioning.attention_plot import plot_attention
+        from captioning.plots.attention import plot_attention
 
         maps = captioner.attention_maps(image)
         plot_attention(maps.image, maps.words, maps.attention, arguments.attention, title=maps.caption)
@@ -220,7 +200,7 @@ def run_caption(arguments) -> int:
 
 def run_batch_caption(arguments) -> int:
     """Rows to --out (or tab-separated lines to stdout); returns the number of failed images (at most 255)."""
-    from captioning.batch_caption import caption_files, check_output_path, failed_count, image_paths, write_rows
+    from captioning.apps.batch_caption import caption_files, check_output_path, failed_count, image_paths, write_rows
     from captioning.config import ConfigError
 
     if arguments.attention is not None:
@@ -245,7 +225,7 @@ def run_batch_caption(arguments) -> int:
 
 
 def run_export(arguments) -> None:
-    from captioning.model_file import describe, export_run, read_model_file
+    from captioning.models.model_file import describe, export_run, read_model_file
 
     path = export_run(arguments.run, arguments.out)
     summary = describe(read_model_file(path))  # read back: the file loads on its own
@@ -255,10 +235,9 @@ def run_export(arguments) -> None:
 
 def run_evaluate(arguments) -> None:
     from captioning.captioner import Captioner
-    from captioning.evaluate import evaluate_captioner, format_metrics, write_results
+    from captioning.data.splits import check_evaluation_split
+    from captioning.evaluation.evaluate import evaluate_captioner, format_metrics, write_results
     from captioning.runs import latest_run, load_run_config
-
-    from captioning.splits import check_evaluation_split
 
     run_dir = Path(arguments.run) if arguments.run else latest_run()
     # The guard reads the run's saved config: what trained it, never what --set says now.
@@ -276,33 +255,20 @@ def run_evaluate(arguments) -> None:
 
 
 def run_compare(arguments) -> None:
-    from captioning.compare import compare
+    from captioning.reports.compare import compare
 
     experiments = arguments.experiments or [DEFAULT_COMPARISON]
     compare(experiments, Path(arguments.out), seeds=arguments.seeds, overrides=arguments.set, verbose="auto")
     if arguments.results:
-        from captioning.results_page import fill_results_section, results_text
+        from captioning.reports.results_page import fill_results_section, results_text
 
         table = (Path(arguments.out) / "compare.md").read_text()
         fill_results_section(Path(arguments.results_file), arguments.results, results_text(table, arguments.command_line))
         print(f"wrote the table into the '{arguments.results}' section of {arguments.results_file}")
 
 
-def run_bench_command(arguments) -> None:
-    from captioning.bench import run_bench
-
-    run_bench(quick=arguments.quick, overrides=arguments.set, out=arguments.out, decoders_only=arguments.decoders)
-
-
-def run_rehearsal_command(arguments) -> None:
-    from captioning.coco_rehearsal import run_rehearsal
-
-    run_rehearsal(arguments.images, arguments.steps, work_dir=arguments.work, out=arguments.out,
-                  overrides=arguments.set)
-
-
 def run_inspect(arguments) -> None:
-    from captioning.inspection import inspect
+    from captioning.reports.inspection import inspect
 
     for path in inspect(arguments.image, arguments.out, arguments.run, arguments.experiment, arguments.set,
                         default_experiment=DEFAULT_EXPERIMENT):
@@ -310,14 +276,13 @@ def run_inspect(arguments) -> None:
 
 
 def run_serve(arguments) -> None:
-    from captioning import serve
+    from captioning.apps import serve
 
     serve.serve(serve.load_captioner(arguments.model), host=arguments.host, port=arguments.port)
 
 
 COMMANDS = {"train": run_train, "caption": run_caption, "export": run_export, "evaluate": run_evaluate,
-            "compare": run_compare, "bench": run_bench_command,
-            "rehearsal": run_rehearsal_command, "inspect": run_inspect, "serve": run_serve}
+            "compare": run_compare, "inspect": run_inspect, "serve": run_serve}
 
 
 def main(argv=None) -> int:

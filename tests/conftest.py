@@ -49,7 +49,7 @@ def tiny_data_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(tiny_data_root):
     """A finished tiny run directory (trained two epochs, evaluated)."""
-    from captioning.training import train
+    from captioning.training.loop import train
 
     run_dir = tiny_data_root / "runs" / "tiny"
     train(tiny_config(tiny_data_root), run_dir, verbose=0)
@@ -59,7 +59,7 @@ def trained_run(tiny_data_root):
 @pytest.fixture(scope="session")
 def trained_attention_run(tiny_data_root):
     """A finished tiny run of the attention decoder (one epoch, evaluated)."""
-    from captioning.training import train
+    from captioning.training.loop import train
 
     run_dir = tiny_data_root / "runs" / "tiny_attention"
     train(tiny_config(tiny_data_root, "decoder.name=attention", "training.epochs=1"), run_dir, verbose=0)
@@ -76,7 +76,7 @@ def random_decoder_inputs(vocab_size, batch=3, regions=4, channels=5, length=7, 
 
 def interrupt_after(epoch_number):
     """A TrainingCheckpoint.on_epoch_end that saves the epoch, then stops the run (Ctrl-C)."""
-    from captioning.checkpoints import TrainingCheckpoint
+    from captioning.training.checkpoints import TrainingCheckpoint
 
     original = TrainingCheckpoint.on_epoch_end
 
@@ -90,7 +90,7 @@ def interrupt_after(epoch_number):
 @pytest.fixture(scope="session")
 def exported_model(trained_run, tiny_data_root):
     """The tiny trained run as a one-file model (make export)."""
-    from captioning.model_file import export_run
+    from captioning.models.model_file import export_run
 
     return export_run(trained_run, tiny_data_root / "tiny.keras")
 

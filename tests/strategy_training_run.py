@@ -43,12 +43,12 @@ def main() -> None:
 
     import keras
     import numpy as np
-
-    import captioning.training as train_module
-    from captioning.checkpoints import TrainingCheckpoint
-    from captioning.distribution import current_worker
-    from captioning.files import write_json
     from conftest import tiny_config
+
+    import captioning.training.loop as train_module
+    from captioning.files import write_json
+    from captioning.training.checkpoints import TrainingCheckpoint
+    from captioning.training.distribution import current_worker
 
     keras.config.disable_traceback_filtering()  # a failure in a subprocess shows its whole stack
     out_dir = Path(arguments.out_dir)

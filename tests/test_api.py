@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from captioning.captioner import Captioner, load
-from captioning.images import read_rgb
+from captioning.data.images import read_rgb
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_the_api_imports_lazily_and_train_is_the_training_function():
         "import captioning",
         "assert 'tensorflow' not in sys.modules, 'import captioning must not start TensorFlow'",
         "from captioning import Captioner, load, load_config, train",
-        "import captioning.training as training_module",
+        "import captioning.training.loop as training_module",
         "from captioning.captioner import Captioner as real_captioner, load as real_load",
         "assert Captioner is real_captioner and load is real_load and train is training_module.train",
         "print(load_config(None, ['decoder.units=8']).decoder.units)",

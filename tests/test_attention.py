@@ -10,18 +10,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_decoder_inputs, tiny_config
 from PIL import Image
 
-from captioning.attention_statistics import attention_entropy_and_peak
 from captioning.captioner import Captioner
 from captioning.cli import main
 from captioning.config import ConfigError, DecoderConfig, GenerationConfig, load_config, to_dict
-from captioning.decoders import CELL_CLASSES, AttentionDecoder, build_decoder
-from captioning.model import build_model
-from captioning.search import CaptionBeamSampler, build_sampler, forbid_special_tokens, generate_token_ids
-from captioning.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
-
-from conftest import random_decoder_inputs, tiny_config
+from captioning.data.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
+from captioning.evaluation.attention_statistics import attention_entropy_and_peak
+from captioning.models.caption_model import build_model
+from captioning.models.decoders import CELL_CLASSES, AttentionDecoder, build_decoder
+from captioning.models.search import CaptionBeamSampler, build_sampler, forbid_special_tokens, generate_token_ids
 
 VOCAB_SIZE = 11
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

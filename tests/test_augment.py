@@ -7,17 +7,22 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
-import captioning.training as train_module
-from captioning.augment import (CaptionAugmentation, build_augmentation, check_augmentation, mirrored_token_ids,
-                                value_range)
+import captioning.training.loop as train_module
 from captioning.captioner import Captioner
 from captioning.config import ConfigError
-from captioning.datasets import CaptionedImage, load_split
-from captioning.encoders import normalization_for
-from captioning.pipeline import ImageReader, caption_array
-from captioning.vocabulary import UNKNOWN_ID, Vocabulary
-from conftest import tiny_config
+from captioning.data.datasets import CaptionedImage, load_split
+from captioning.data.pipeline import ImageReader, caption_array
+from captioning.data.vocabulary import UNKNOWN_ID, Vocabulary
+from captioning.models.encoders import normalization_for
+from captioning.training.augment import (
+    CaptionAugmentation,
+    build_augmentation,
+    check_augmentation,
+    mirrored_token_ids,
+    value_range,
+)
 
 CAPTIONS, LENGTH = 5, 22  # tiny config: captions_per_image, decoder.max_length
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.batch_caption import BatchCaptionError, image_paths
+from captioning.apps.batch_caption import BatchCaptionError, image_paths
 from captioning.captioner import load
 from captioning.cli import main
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.bench import TARGETS, format_table, meets_target, random_tokens, synthetic_photos
-from captioning.cli import main
-from captioning.decoder_bench import FEATURE_SHAPE, attention_step_flops, flickr8k_like_tokens
-from captioning.vocabulary import END_ID, PAD_ID, START_ID
+from benchmarks.__main__ import main
+from benchmarks.bench import TARGETS, format_table, meets_target, random_tokens, synthetic_photos
+from benchmarks.decoder_bench import FEATURE_SHAPE, attention_step_flops, flickr8k_like_tokens
+from captioning.data.vocabulary import END_ID, PAD_ID, START_ID
 
 KEYS = ["feature_extraction_vs_predict", "cached_training_speedup", "batched_beam_speedup",
         "cache_vs_decode_speedup", "training_peak_memory_gb", "rnn_epoch_seconds", "attention_epoch_seconds",

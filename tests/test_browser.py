@@ -8,10 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-
-from captioning import serve
-
 from demo_server import running, shapes_photos
+
+from captioning.apps import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

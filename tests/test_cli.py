@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from captioning.cli import main
-from captioning.vocabulary import Vocabulary
+from captioning.data.vocabulary import Vocabulary
 
 
 def run_cli(capsys, *argv):

@@ -1,5 +1,5 @@
-"""Tests for captioning.coco_metrics: CIDEr-D, METEOR, ROUGE-L via pycocoevalcap, and its BLEU
-checked against ours (captioning.metrics, nltk).
+"""Tests for captioning.evaluation.coco_metrics: CIDEr-D, METEOR, ROUGE-L via pycocoevalcap, and its BLEU
+checked against ours (captioning.evaluation.bleu, nltk).
 
 Only one test starts the real METEOR jar (about 10 s); the others hide java or fake it.
 """
@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from captioning import coco_metrics
-from captioning.coco_metrics import (
+from captioning.data.datasets import CaptionedImage
+from captioning.evaluation import coco_metrics
+from captioning.evaluation.bleu import bleu_scores
+from captioning.evaluation.coco_metrics import (
     MetricUnavailable,
+    cider_d_score,
     coco_bleu_scores,
     coco_caption_scores,
-    cider_d_score,
     meteor_score,
     rouge_l_score,
 )
-from captioning.datasets import CaptionedImage
-from captioning.evaluate import format_metrics, score_captions
-from captioning.metrics import bleu_scores
+from captioning.evaluation.evaluate import format_metrics, score_captions
 
 # Six images, three references each, with case, punctuation, a possessive and a hyphen.
 REFERENCES = [

@@ -10,11 +10,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from captioning.cli import main
-from captioning.coco_rehearsal import (COCO_TRAIN_IMAGES, RehearsalError, batches_per_epoch, projected_epoch_seconds,
-                                       run_rehearsal, sharded_features)
-from captioning.decoder_bench import FEATURE_SHAPE
-from captioning.feature_shards import INDEX_FILE, ShardedFeatures, ShardError, rows_per_shard, shard_name, write_shards
+from benchmarks.__main__ import main
+from benchmarks.coco_rehearsal import (
+    COCO_TRAIN_IMAGES,
+    RehearsalError,
+    batches_per_epoch,
+    projected_epoch_seconds,
+    run_rehearsal,
+    sharded_features,
+)
+from benchmarks.decoder_bench import FEATURE_SHAPE
+from benchmarks.feature_shards import INDEX_FILE, ShardedFeatures, ShardError, rows_per_shard, shard_name, write_shards
 
 ROW_SHAPE = (3, 2)
 
@@ -138,7 +144,7 @@ def test_the_cli_refuses_a_rehearsal_without_steps(capsys):
 
 
 def test_too_little_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
-    import captioning.coco_rehearsal as rehearsal
+    import benchmarks.coco_rehearsal as rehearsal
 
     monkeypatch.setattr(rehearsal.shutil, "disk_usage", lambda path: SimpleNamespace(free=10**9))
     with pytest.raises(RehearsalError, match="8.5 GB of features need writing but only 1.0 GB is free"):

@@ -13,16 +13,16 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
-from captioning import coco_metrics
 from captioning.captioner import Captioner
 from captioning.cli import main, parse_arguments
-from captioning.compare import compare, expand_experiments, markdown_table
 from captioning.config import ConfigError, load_config, to_dict, to_toml
-from captioning.evaluate import evaluate_captioner
+from captioning.evaluation import coco_metrics
+from captioning.evaluation.evaluate import evaluate_captioner
+from captioning.reports.compare import compare, expand_experiments, markdown_table
 from captioning.runs import is_finished, load_run_config, run_dirs
-from conftest import tiny_config
 
 COMPARED_VALUES = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",
                    "colour_accuracy", "shape_accuracy", "relation_accuracy", "trainable_parameters",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from captioning.config import (
     SECTIONS,
@@ -426,8 +426,8 @@ def test_shipped_experiment_loads_and_round_trips(path, tmp_path):
 
 
 def test_activation_experiments_differ_only_in_the_activation_and_cover_every_one():
-    from captioning.compare import differing_fields
-    from captioning.encoders import ACTIVATIONS
+    from captioning.models.encoders import ACTIVATIONS
+    from captioning.reports.compare import differing_fields
 
     configs = [load_config(path) for path in sorted((REPOSITORY_ROOT / "experiments" / "activations").glob("*.toml"))]
     assert sorted(config.encoder.activation for config in configs) == sorted(ACTIVATIONS)

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from captioning.config import DataConfig
-from captioning.datasets import DATASETS, DatasetError, load_split
-from captioning.datasets import csv_source
+from captioning.data.datasets import DATASETS, DatasetError, csv_source, load_split
 
 
 def _tiny_jpeg() -> bytes:
@@ -142,7 +141,7 @@ def write_many_flickr8k(root: Path, count: int, missing_files=(), uncaptioned=()
 
 def test_one_percent_of_missing_images_is_skipped_with_a_warning(tmp_path, caplog):
     names = write_many_flickr8k(tmp_path, 100, missing_files=["0007_x.jpg"])
-    with caplog.at_level(logging.WARNING, logger="captioning.datasets.csv_source"):
+    with caplog.at_level(logging.WARNING, logger="captioning.data.datasets.csv_source"):
         train = load_split(config(tmp_path, "flickr8k"), "train")
     assert len(train) == 99 and "0007_x.jpg" not in {Path(image.image_path).name for image in train}
     assert names_of(train, tmp_path) == [f"Flicker8k_Dataset/{name}" for name in names if name != "0007_x.jpg"]
@@ -153,7 +152,7 @@ def test_one_percent_of_missing_images_is_skipped_with_a_warning(tmp_path, caplo
 
 def test_uncaptioned_image_of_the_split_file_is_skipped_with_a_warning(tmp_path, caplog):
     write_many_flickr8k(tmp_path, 100, uncaptioned=["0042_x.jpg"])
-    with caplog.at_level(logging.WARNING, logger="captioning.datasets.csv_source"):
+    with caplog.at_level(logging.WARNING, logger="captioning.data.datasets.csv_source"):
         train = load_split(config(tmp_path, "flickr8k"), "train")
     assert len(train) == 99
     (record,) = caplog.records

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from captioning.config import ConfigError, EncoderConfig, ImagesConfig, TrainingConfig
-from captioning.datasets import load_split
-from captioning.distribution import Worker, build_strategy, shard_bounds, worker_from_tf_config
-from captioning.features import MANIFEST_FILE, FeatureCache, FeatureCacheError
-from conftest import tiny_config
+from captioning.data.datasets import load_split
+from captioning.training.distribution import Worker, build_strategy, shard_bounds, worker_from_tf_config
+from captioning.training.features import MANIFEST_FILE, FeatureCache, FeatureCacheError
 
 TESTS = Path(__file__).resolve().parent
 RUNNER = TESTS / "strategy_training_run.py"

@@ -13,9 +13,9 @@ import pytest
 from captioning.captioner import Captioner, load
 from captioning.cli import DEFAULT_MODEL, main
 from captioning.config import to_dict
-from captioning.model_file import ModelFileError, PackagedCaptioner, export_run, read_model_file
+from captioning.data.vocabulary import Vocabulary
+from captioning.models.model_file import ModelFileError, PackagedCaptioner, export_run, read_model_file
 from captioning.runs import load_run_config
-from captioning.vocabulary import Vocabulary
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 # The experiments' data.root is ../shared/data/flickr8k; a git worktree sits one level deeper.

@@ -6,11 +6,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-
-from captioning.model import build_feature_model, compile_model
-from captioning.pipeline import caption_lengths, feature_dataset
-from captioning.vocabulary import END_ID, PAD_ID, START_ID
 from conftest import tiny_config
+
+from captioning.data.pipeline import caption_lengths, feature_dataset
+from captioning.data.vocabulary import END_ID, PAD_ID, START_ID
+from captioning.models.caption_model import build_feature_model, compile_model
 
 VOCAB_SIZE = 13
 

@@ -14,14 +14,14 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import interrupt_after, tiny_config
 
 from captioning.captioner import Captioner
-from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import ConfigError, EncoderConfig, ImagesConfig
-from captioning.encoders import BACKBONES, build_encoder, fine_tunable_layers
-from captioning.features import cache_key
-from captioning.training import TrainingData, train
-from conftest import interrupt_after, tiny_config
+from captioning.models.encoders import BACKBONES, build_encoder, fine_tunable_layers
+from captioning.training.checkpoints import TrainingCheckpoint
+from captioning.training.features import cache_key
+from captioning.training.loop import TrainingData, train
 
 IMAGE_SHAPE = (32, 32, 3)
 TOP_LAYERS = 2  # MobileNet's conv_dw_13 and conv_pw_13: the last depthwise-separable block
@@ -33,7 +33,7 @@ def no_coco_metrics():
     evaluation (about half of a tiny run's time here). test_coco_metrics.py covers it."""
     unavailable = {"meteor": None, "rouge_l": None, "cider": None, "unavailable": []}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("captioning.evaluate.coco_caption_scores", lambda references, hypotheses: unavailable)
+        patch.setattr("captioning.evaluation.evaluate.coco_caption_scores", lambda references, hypotheses: unavailable)
         yield
 
 

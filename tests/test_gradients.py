@@ -9,16 +9,21 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
-from captioning.compare import ComparedRun, plot_comparison
 from captioning.config import ConfigError, EncoderConfig, load_config
-from captioning.encoders import build_encoder
-from captioning.gradients import (GradientNormLogger, check_gradient_logging, convolution_weights, mean_norm_per_layer,
-                                  write_gradient_norms)
-from captioning.model import build_model, masked_loss
-from captioning.training import train
-from conftest import tiny_config
+from captioning.models.caption_model import build_model, masked_loss
+from captioning.models.encoders import build_encoder
+from captioning.reports.compare import ComparedRun, plot_comparison
+from captioning.training.gradients import (
+    GradientNormLogger,
+    check_gradient_logging,
+    convolution_weights,
+    mean_norm_per_layer,
+    write_gradient_norms,
+)
+from captioning.training.loop import train
 
 
 def first_epoch_norms(activation: str) -> list[float]:

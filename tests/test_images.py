@@ -1,4 +1,4 @@
-"""Tests for captioning.images: reading awkward files, resizing, normalizing, caching.
+"""Tests for captioning.data.images: reading awkward files, resizing, normalizing, caching.
 
 Every image is generated here with Pillow; nothing is downloaded.
 """
@@ -19,8 +19,8 @@ import PIL.Image
 import pytest
 from PIL import Image
 
-from captioning import images
-from captioning.images import ImageCache, ImageLoadError, load_image, read_rgb
+from captioning.data import images
+from captioning.data.images import ImageCache, ImageLoadError, load_image, read_rgb
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -440,7 +440,7 @@ def test_damaged_entry_is_rebuilt(tmp_path, cache, caplog, damage):
     [entry] = cache.entries()
     damage(cache_file_of(cache, entry))
 
-    with caplog.at_level(logging.WARNING, logger="captioning.images"):
+    with caplog.at_level(logging.WARNING, logger="captioning.data.images"):
         rebuilt = cache.load(path, 16, 12, "unit")
     np.testing.assert_array_equal(rebuilt, expected)
     assert (cache.hits, cache.misses) == (0, 2)
@@ -489,7 +489,7 @@ def test_parallel_loads_from_threads(tmp_path, cache):
 
 
 def count_array_checksums(monkeypatch) -> list:
-    import captioning.images as images_module
+    import captioning.data.images as images_module
 
     calls, real_checksum = [], images_module._array_sha256
     monkeypatch.setattr(images_module, "_array_sha256", lambda array: calls.append(1) or real_checksum(array))
@@ -525,7 +525,7 @@ def test_a_settled_entry_altered_later_is_still_rebuilt(tmp_path, cache, caplog)
     age_file(cache_file_of(cache, entry), 10)
     cache.load(path, 16, 12, "unit")  # recorded as settled
     flip_last_byte(cache_file_of(cache, entry))  # a new mtime
-    with caplog.at_level(logging.WARNING, logger="captioning.images"):
+    with caplog.at_level(logging.WARNING, logger="captioning.data.images"):
         np.testing.assert_array_equal(cache.load(path, 16, 12, "unit"), expected)
     assert cache.misses == 2
     assert any("checksum does not match" in record.getMessage() for record in caplog.records)

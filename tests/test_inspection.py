@@ -11,11 +11,19 @@ from PIL import Image
 from captioning.captioner import Captioner
 from captioning.cli import main
 from captioning.config import load_config
-from captioning.encoders import ENCODERS, build_encoder
-from captioning.images import NORMALIZATIONS, displayable
-from captioning.inspection import (DPI, GRID_FIGURE, INPUT_FIGURE, TOP_CHANNELS, filter_patches, inspect,
-                                   inspect_image, strongest_channels)
-from captioning.model import image_shape
+from captioning.data.images import NORMALIZATIONS, displayable
+from captioning.models.caption_model import image_shape
+from captioning.models.encoders import ENCODERS, build_encoder
+from captioning.reports.inspection import (
+    DPI,
+    GRID_FIGURE,
+    INPUT_FIGURE,
+    TOP_CHANNELS,
+    filter_patches,
+    inspect,
+    inspect_image,
+    strongest_channels,
+)
 
 DEFAULT_EXPERIMENT = str(Path(__file__).resolve().parents[1] / "experiments" / "shapes_conv_gru.toml")
 INPUT_PIXELS = (round(INPUT_FIGURE[0] * DPI), round(INPUT_FIGURE[1] * DPI))

@@ -9,11 +9,11 @@ import json
 import keras
 import numpy as np
 import pytest
-
-from captioning.checkpoints import TrainingCheckpoint
-from captioning.config import ConfigError
-from captioning.training import train
 from conftest import tiny_config
+
+from captioning.config import ConfigError
+from captioning.training.checkpoints import TrainingCheckpoint
+from captioning.training.loop import train
 
 
 def compiled_model(learning_rate=1e-3):

@@ -1,4 +1,4 @@
-"""Tests for captioning.metrics: corpus BLEU-1..4 pinned against values computed by hand.
+"""Tests for captioning.evaluation.bleu: corpus BLEU-1..4 pinned against values computed by hand.
 
 Corpus BLEU (Papineni et al. 2002), as computed here by hand:
   p_n  = (sum over images of clipped n-gram matches) / (sum over images of hypothesis n-grams),
@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from captioning.metrics import bleu_scores, derangement, shuffled_image_bleu_4
+from captioning.evaluation.bleu import bleu_scores, derangement, shuffled_image_bleu_4
 
 TOLERANCE = 1e-9
 

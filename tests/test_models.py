@@ -6,13 +6,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_decoder_inputs
 
 from captioning.config import DecoderConfig, EncoderConfig
-from captioning.decoders import CELL_CLASSES, DECODERS, STATES_PER_CELL as STATES, build_decoder
-from captioning.recurrence import input_gates, recurrent_update
-from captioning.encoders import ENCODERS, EncoderWeightsError, build_encoder, normalization_for
-from captioning.images import NORMALIZATIONS
-from conftest import random_decoder_inputs
+from captioning.data.images import NORMALIZATIONS
+from captioning.models.decoders import CELL_CLASSES, DECODERS, build_decoder
+from captioning.models.decoders import STATES_PER_CELL as STATES
+from captioning.models.encoders import ENCODERS, EncoderWeightsError, build_encoder, normalization_for
+from captioning.models.recurrence import input_gates, recurrent_update
 
 IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
 ENCODER_CONFIGS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from captioning.plots import plot_training_curves, rate_cut_epochs
+from captioning.plots.curves import plot_training_curves, rate_cut_epochs
 
 
 def history(rates):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from captioning.results_page import ResultsPageError, fill_results_section, machine_description, results_text
+from captioning.reports.results_page import ResultsPageError, fill_results_section, machine_description, results_text
 
 PAGE = """# results
 

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import pytest
 
-from captioning.checkpoints import TrainingCheckpoint
+from captioning.training.checkpoints import TrainingCheckpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, BATCH_SIZE, EPOCHS = 24, 4, 2
@@ -136,16 +136,17 @@ def test_a_state_written_before_mid_epoch_checkpoints_still_resumes(tmp_path):
 
 
 def test_a_negative_checkpoint_interval_is_refused(tmp_path):
-    from captioning.config import ConfigError
-    from captioning.training import train
     from conftest import tiny_config
+
+    from captioning.config import ConfigError
+    from captioning.training.loop import train
 
     with pytest.raises(ConfigError, match="checkpoint_every_steps=-1"):
         train(tiny_config(tmp_path, "training.checkpoint_every_steps=-1"), tmp_path / "run", verbose=0)
 
 
 def test_an_epochs_feature_batches_depend_on_the_seed_and_epoch_and_skip_whole_batches():
-    from captioning.pipeline import feature_dataset
+    from captioning.data.pipeline import feature_dataset
 
     generator = np.random.default_rng(0)
     features = generator.normal(size=(40, 3, 2)).astype(np.float16)  # (images, regions, channels)

@@ -9,8 +9,14 @@ import pytest
 import tensorflow as tf
 
 from captioning.config import ConfigError, GenerationConfig
-from captioning.search import SAMPLERS, CaptionBeamSampler, build_sampler, build_top_beams_sampler, generate_token_ids
-from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID
+from captioning.data.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID
+from captioning.models.search import (
+    SAMPLERS,
+    CaptionBeamSampler,
+    build_sampler,
+    build_top_beams_sampler,
+    generate_token_ids,
+)
 
 VOCAB_SIZE = 10
 
@@ -310,7 +316,7 @@ def test_trigram_blocking_stops_a_loop_at_the_repeat(make_sampler):
 
 
 def test_bigram_blocking_bans_the_follower_of_an_earlier_prefix():
-    from captioning.search import repeated_ngram_tokens
+    from captioning.models.search import repeated_ngram_tokens
 
     prompt = tf.constant([[START_ID, 5, 6, 5, PAD_ID, PAD_ID],  # prefix 5 once followed by 6
                           [START_ID, 7, 8, 9, PAD_ID, PAD_ID]])  # prefix 9 never seen before

@@ -8,18 +8,26 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_config
 from pycocoevalcap.cider.cider import Cider
 
 from captioning.captioner import Captioner
-from captioning.cider import CiderD, ngram_counts
 from captioning.config import ConfigError
-from captioning.model import build_feature_model, compile_model
-from captioning.search import forbid_special_tokens
-from captioning.self_critical import (HISTORY_FILE, SelfCriticalTrainer, advantages, check_self_critical, sampling_logits,
-                                      padded_after_end, policy_gradient_loss, reference_text)
-from captioning.validation import ValidationBleu
-from captioning.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
-from conftest import tiny_config
+from captioning.data.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
+from captioning.evaluation.cider import CiderD, ngram_counts
+from captioning.models.caption_model import build_feature_model, compile_model
+from captioning.models.search import forbid_special_tokens
+from captioning.training.self_critical import (
+    HISTORY_FILE,
+    SelfCriticalTrainer,
+    advantages,
+    check_self_critical,
+    padded_after_end,
+    policy_gradient_loss,
+    reference_text,
+    sampling_logits,
+)
+from captioning.training.validation import ValidationBleu
 
 REFERENCES = [
     ["a dog runs on the grass", "a brown dog is running", "the dog runs across a field"],
@@ -182,8 +190,8 @@ def test_the_real_token_loss_equals_the_policy_gradient_loss_over_every_position
 def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monkeypatch):
     """A tiny run: phase 1, then two self-critical epochs, interrupted after the first; the
     second train() call resumes with epoch 2 only and the run records both."""
-    import captioning.self_critical as self_critical_module
-    from captioning.training import frozen_feature_shape, train
+    import captioning.training.self_critical as self_critical_module
+    from captioning.training.loop import frozen_feature_shape, train
 
     config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
                          "decoder.name=attention", "training.epochs=1", "training.self_critical_epochs=2",

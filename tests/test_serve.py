@@ -13,21 +13,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-from starlette.testclient import TestClient
-
-from captioning import serve
-from captioning.captioner import Captioner
-from captioning.model_file import ModelFileError
-from captioning.cli import main
-from captioning.images import ImageLoadError, read_rgb
-from captioning.model import build_model
-from captioning.runs import RunError
-from captioning.vocabulary import Vocabulary
-
 from conftest import tiny_config
 from demo_server import running, shapes_photos
+from PIL import Image
+from starlette.testclient import TestClient
 from test_images import png_header_claiming
+
+from captioning.apps import serve
+from captioning.captioner import Captioner
+from captioning.cli import main
+from captioning.data.images import ImageLoadError, read_rgb
+from captioning.data.vocabulary import Vocabulary
+from captioning.models.caption_model import build_model
+from captioning.models.model_file import ModelFileError
+from captioning.runs import RunError
 
 
 @pytest.fixture(scope="module")

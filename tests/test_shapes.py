@@ -1,4 +1,4 @@
-"""The embedded shapes data set and the caption-source registry (captioning.datasets)."""
+"""The embedded shapes data set and the caption-source registry (captioning.data.datasets)."""
 
 import dataclasses
 import hashlib
@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from captioning.config import DataConfig
-from captioning.datasets import DATASETS, CaptionedImage, DatasetError, load_split
-from captioning.datasets import shapes
-from captioning.datasets.csv_source import read_caption_csv
+from captioning.data.datasets import DATASETS, CaptionedImage, DatasetError, load_split, shapes
+from captioning.data.datasets.csv_source import read_caption_csv
 
 IMAGE_COUNT = 20
 IMAGE_SIZE = 128

@@ -22,9 +22,9 @@ import pytest
 from PIL import Image
 
 from captioning.config import EncoderConfig, ImagesConfig
-from captioning.features import LOCK_FILE, FeatureCache
+from captioning.data.images import ImageCache, load_image
 from captioning.files import CacheWriteError, is_temporary
-from captioning.images import ImageCache, load_image
+from captioning.training.features import LOCK_FILE, FeatureCache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 24  # images are cached at SIZE x SIZE
@@ -32,7 +32,7 @@ SIZE = 24  # images are cached at SIZE x SIZE
 IMAGE_WORKER = """
 import sys, time
 from pathlib import Path
-from captioning.images import ImageCache
+from captioning.data.images import ImageCache
 cache_dir, go, *paths = sys.argv[1:]
 while not Path(go).exists():
     time.sleep(0.002)
@@ -47,7 +47,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from captioning.config import EncoderConfig, ImagesConfig
-from captioning.features import FeatureCache
+from captioning.training.features import FeatureCache
 root, go, log, out, *paths = sys.argv[1:]
 
 def encode_batches(batch_paths):  # a slow fake encoder: (batch, 3 regions, 2 channels)
@@ -152,7 +152,7 @@ def test_a_full_disk_stops_feature_extraction_naming_the_folder_and_leaves_no_pa
         if failing == "reserving the file":
             patch.setattr(os, "posix_fallocate", no_space)
         else:
-            patch.setattr("captioning.features.write_json", no_space)
+            patch.setattr("captioning.training.features.write_json", no_space)
         with pytest.raises(CacheWriteError, match="no space left on the device") as raised:
             extract(root, paths)
     (folder,) = root.iterdir()
@@ -170,7 +170,7 @@ def test_a_full_disk_stops_the_image_cache_naming_the_folder_and_leaves_no_parti
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with ImageCache(cache_dir) as cache:
-        monkeypatch.setattr("captioning.images.np.save", save_half_then_fail)
+        monkeypatch.setattr("captioning.data.images.np.save", save_half_then_fail)
         with pytest.raises(CacheWriteError, match="no space left on the device") as raised:
             cache.load(path, SIZE, SIZE, "unit")
         assert str(cache_dir) in str(raised.value) and "images.cache_dir" in str(raised.value)
@@ -179,11 +179,11 @@ def test_a_full_disk_stops_the_image_cache_naming_the_folder_and_leaves_no_parti
 
 
 def test_a_cache_write_error_inside_tf_data_reaches_the_user_as_itself(tmp_path, monkeypatch):
-    from captioning.pipeline import ImageReader, image_dataset
+    from captioning.data.pipeline import ImageReader, image_dataset
 
     paths = write_images(tmp_path / "images", 2)
     reader = ImageReader(ImagesConfig(x_size=SIZE, y_size=SIZE, cache_dir=str(tmp_path / "cache")), "unit")
-    monkeypatch.setattr("captioning.images.np.save", no_space)
+    monkeypatch.setattr("captioning.data.images.np.save", no_space)
     with pytest.raises(CacheWriteError, match=str(tmp_path / "cache")):
         with reader.reporting_errors():
             list(image_dataset(paths, reader, batch_size=2))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from captioning.datasets.shapes import ShapeObject
-from captioning.spatial import relation_is_right, word_accuracies
+from captioning.data.datasets.shapes import ShapeObject
+from captioning.evaluation.spatial import relation_is_right, word_accuracies
 
 
 def shape(colour, shape_name, x, y):

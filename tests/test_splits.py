@@ -6,7 +6,7 @@ import pytest
 
 from captioning.cli import main
 from captioning.config import ConfigError, load_config
-from captioning.splits import check_evaluation_split, check_splits
+from captioning.data.splits import check_evaluation_split, check_splits
 
 
 def test_reporting_the_train_or_the_early_stopping_split_is_refused():

@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import interrupt_after, tiny_config
 from PIL import Image
 
-from captioning.checkpoints import TrainingCheckpoint
 from captioning.config import to_dict, to_toml
-from captioning.datasets import load_split
+from captioning.data.datasets import load_split
 from captioning.runs import RunError, load_run_config
-from captioning.training import train
-from conftest import interrupt_after, tiny_config
+from captioning.training.checkpoints import TrainingCheckpoint
+from captioning.training.loop import train
 
 METRIC_KEYS = {"split", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images"}
 
@@ -46,7 +46,7 @@ def test_validation_bleu_scores_the_models_own_greedy_captions(trained_run, tiny
     """The callback's number is corpus BLEU-4 of what the model says for those images: fed
     its own captions as references (4+ words each), it must score 1; fed shuffled ones, less."""
     from captioning.captioner import Captioner
-    from captioning.validation import ValidationBleu
+    from captioning.training.validation import ValidationBleu
 
     captioner = Captioner.from_run(trained_run)
     examples = load_split(captioner.config.data, "val")[:8]
@@ -135,7 +135,7 @@ def test_an_old_run_with_an_unreadable_config_does_not_block_a_new_run(tmp_path,
 def test_a_complete_feature_cache_never_builds_the_frozen_encoder(tmp_path, monkeypatch):
     """The second read of the same images' features is a cache read: the backbone is not
     built, so its weights file is not even needed."""
-    import captioning.training as train_module
+    import captioning.training.loop as train_module
 
     config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
                          f"images.feature_cache_dir={tmp_path / 'features'}")

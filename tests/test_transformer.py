@@ -14,19 +14,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_decoder_inputs, tiny_config
 from PIL import Image
 
 from captioning.cli import main
 from captioning.config import ConfigError, DecoderConfig, GenerationConfig
-from captioning.decoders import build_decoder
-from captioning.metrics import bleu_scores, derangement
-from captioning.model import build_feature_model, compile_model
-from captioning.pipeline import feature_dataset
-from captioning.search import build_sampler, forbid_special_tokens, generate_token_ids
-from captioning.training import train
-from captioning.vocabulary import Vocabulary
-
-from conftest import random_decoder_inputs, tiny_config
+from captioning.data.pipeline import feature_dataset
+from captioning.data.vocabulary import Vocabulary
+from captioning.evaluation.bleu import bleu_scores, derangement
+from captioning.models.caption_model import build_feature_model, compile_model
+from captioning.models.decoders import build_decoder
+from captioning.models.search import build_sampler, forbid_special_tokens, generate_token_ids
+from captioning.training.loop import train
 
 VOCAB_SIZE = 11
 

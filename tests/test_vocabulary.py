@@ -1,4 +1,4 @@
-"""Tests for captioning.vocabulary: tokenization, word list order, packing, decoding, files."""
+"""Tests for captioning.data.vocabulary: tokenization, word list order, packing, decoding, files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from captioning.vocabulary import (
+from captioning.data.vocabulary import (
     END_ID,
     PAD_ID,
     SPECIAL_TOKENS,

@@ -1,0 +1,2 @@
+"""Reports: experiment comparisons, the generated results page and encoder inspection.
+"""
