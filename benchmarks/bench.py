@@ -356,7 +356,8 @@ def measure_batch_captioning(config, paths: list[str], work: Path, sizes: BenchS
 def measure_image_cache(config, paths: list[str], work: Path, sizes: BenchSizes) -> tuple[float, dict]:
     """4. ``images.load_image`` (read, decode, resize, normalize) against ``ImageCache.load``
     (read and hash the file, look it up, read the .npy, check its hash), one image at a time."""
-    from captioning.data.images import ImageCache, load_image
+    from captioning.data.image_cache import ImageCache
+    from captioning.data.images import load_image
     from captioning.models.encoders import normalization_for
 
     x_size, y_size = config.images.x_size, config.images.y_size

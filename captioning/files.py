@@ -1,6 +1,6 @@
 """Atomic file writes: a reader never sees half a file, an interrupted write leaves none.
 
-Caches shared by several processes (images.py, features.py) also use ``locked`` (an
+Caches shared by several processes (data/image_cache.py, training/features.py) also use ``locked`` (an
 exclusive lock on a file beside the entry) and ``cache_writes`` (a full disk or a read-only
 folder becomes one CacheWriteError naming the folder, after removing the half-written entry).
 """

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from captioning.data import images
-from captioning.data.images import ImageCache, ImageLoadError, load_image, read_rgb
+from captioning.data.image_cache import ImageCache
+from captioning.data.images import ImageLoadError, load_image, read_rgb
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -489,10 +490,10 @@ def test_parallel_loads_from_threads(tmp_path, cache):
 
 
 def count_array_checksums(monkeypatch) -> list:
-    import captioning.data.images as images_module
+    import captioning.data.image_cache as image_cache_module
 
-    calls, real_checksum = [], images_module._array_sha256
-    monkeypatch.setattr(images_module, "_array_sha256", lambda array: calls.append(1) or real_checksum(array))
+    calls, real_checksum = [], image_cache_module._array_sha256
+    monkeypatch.setattr(image_cache_module, "_array_sha256", lambda array: calls.append(1) or real_checksum(array))
     return calls
 
 

@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from captioning.config import EncoderConfig, ImagesConfig
-from captioning.data.images import ImageCache, load_image
+from captioning.data.image_cache import ImageCache
+from captioning.data.images import load_image
 from captioning.files import CacheWriteError, is_temporary
 from captioning.training.features import LOCK_FILE, FeatureCache
 
@@ -32,7 +33,7 @@ SIZE = 24  # images are cached at SIZE x SIZE
 IMAGE_WORKER = """
 import sys, time
 from pathlib import Path
-from captioning.data.images import ImageCache
+from captioning.data.image_cache import ImageCache
 cache_dir, go, *paths = sys.argv[1:]
 while not Path(go).exists():
     time.sleep(0.002)
@@ -170,7 +171,7 @@ def test_a_full_disk_stops_the_image_cache_naming_the_folder_and_leaves_no_parti
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with ImageCache(cache_dir) as cache:
-        monkeypatch.setattr("captioning.data.images.np.save", save_half_then_fail)
+        monkeypatch.setattr("captioning.data.image_cache.np.save", save_half_then_fail)
         with pytest.raises(CacheWriteError, match="no space left on the device") as raised:
             cache.load(path, SIZE, SIZE, "unit")
         assert str(cache_dir) in str(raised.value) and "images.cache_dir" in str(raised.value)
@@ -183,7 +184,7 @@ def test_a_cache_write_error_inside_tf_data_reaches_the_user_as_itself(tmp_path,
 
     paths = write_images(tmp_path / "images", 2)
     reader = ImageReader(ImagesConfig(x_size=SIZE, y_size=SIZE, cache_dir=str(tmp_path / "cache")), "unit")
-    monkeypatch.setattr("captioning.data.images.np.save", no_space)
+    monkeypatch.setattr("captioning.data.image_cache.np.save", no_space)
     with pytest.raises(CacheWriteError, match=str(tmp_path / "cache")):
         with reader.reporting_errors():
             list(image_dataset(paths, reader, batch_size=2))

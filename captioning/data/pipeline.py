@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from captioning.config import ImagesConfig
 from captioning.data.datasets import CaptionedImage
-from captioning.data.images import ImageCache, ImageLoadError, load_image
+from captioning.data.image_cache import ImageCache
+from captioning.data.images import ImageLoadError, load_image
 from captioning.data.vocabulary import PAD_ID, Vocabulary
 from captioning.files import CacheWriteError
 
