@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 from captioning.captioner import Captioner
-from captioning.data.datasets import CaptionedImage, load_split
+from captioning.data.datasets import CaptionedImage, extra_metrics, load_split
 from captioning.data.splits import training_and_stopping_examples
 from captioning.evaluation.attention_statistics import attention_statistics
 from captioning.evaluation.bleu import bleu_scores, shuffled_image_bleu_4
 from captioning.evaluation.coco_metrics import coco_caption_scores
-from captioning.evaluation.spatial import shapes_word_accuracies
 from captioning.files import write_json, write_text
 from captioning.runs import METRICS_FILE
 
@@ -60,9 +59,8 @@ def evaluate_examples(captioner: Captioner, examples: list[CaptionedImage], spli
     metrics = score_captions(examples, hypotheses, split)
     if attention:
         metrics.update(attention_statistics(captioner, paths))
-    if captioner.config.data.name == "shapes":  # the drawn objects are known: which words are right?
-        drawn_split = "train" if split == "train_tail" else split  # the held-out end of the train split
-        metrics.update(shapes_word_accuracies(captioner.config.data.root, drawn_split, paths, hypotheses))
+    source_split = "train" if split == "train_tail" else split  # the held-out end of the train split
+    metrics.update(extra_metrics(captioner.config.data, source_split, paths, hypotheses))  # e.g. shapes' word accuracies
     return metrics, rows
 
 
