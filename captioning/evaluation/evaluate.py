@@ -10,12 +10,13 @@ from pathlib import Path
 
 from captioning.captioner import Captioner
 from captioning.data.datasets import CaptionedImage, extra_metrics, load_split
-from captioning.data.splits import training_and_stopping_examples
+from captioning.data.splits import check_evaluation_split, training_and_stopping_examples
 from captioning.evaluation.attention_statistics import attention_statistics
 from captioning.evaluation.bleu import bleu_scores, shuffled_image_bleu_4
 from captioning.evaluation.coco_metrics import coco_caption_scores
 from captioning.files import write_json, write_text
-from captioning.runs import METRICS_FILE
+from captioning.runs import METRICS_FILE, load_run_config
+from captioning.validate import validate
 
 SELECTION_METRICS_FILE = "metrics_selection.json"  # in the run directory: selection_metrics
 
@@ -70,7 +71,7 @@ def evaluate_run(run_dir: Path, facts: dict) -> dict:
     Writes ``metrics.json`` (the scores, ``facts`` about the run such as training time, and
     ``evaluation_seconds``: captioning and scoring the split) and ``captions_<split>.csv``.
     """
-    captioner = Captioner.from_run(run_dir)
+    captioner = evaluation_captioner(run_dir, load_run_config(run_dir).training.evaluation_split)
     split = captioner.config.training.evaluation_split
     started = time.monotonic()
     metrics, rows = evaluate_captioner(captioner, split)
@@ -78,6 +79,17 @@ def evaluate_run(run_dir: Path, facts: dict) -> dict:
     write_results(metrics, rows, Path(run_dir) / METRICS_FILE, Path(run_dir) / f"captions_{split}.csv")
     print(format_metrics(metrics))
     return metrics
+
+
+def evaluation_captioner(run_dir: Path, split: str, overrides: list[str] = ()) -> Captioner:
+    """The run's model, to score ``split`` with ``overrides`` (generation.* and the like).
+
+    Refuses a split that trained the run or chose its best epoch (read from the saved config:
+    what trained it, never what the overrides say now), then validates the config the
+    overrides make, before the model is built."""
+    check_evaluation_split(load_run_config(run_dir), split)
+    validate(load_run_config(run_dir, overrides))
+    return Captioner.from_run(run_dir, overrides)
 
 
 def selection_metrics(run_dir: Path) -> dict:
