@@ -84,7 +84,7 @@ def parse_arguments(argv):
                               "log-probability (over the length penalty if one is set)")
     caption.add_argument("--attention", metavar="OUT.png",
                          help="also write the image once per generated word with that word's attention map "
-                              "(runs trained with decoder.name=attention)")
+                              "(decoders with attention: decoder.name=attention or transformer)")
 
     export = commands.add_parser("export", help="write a trained run as one .keras file (weights, config, vocabulary)")
     export.add_argument("--run", required=True, help="run directory")
