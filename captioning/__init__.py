@@ -10,10 +10,10 @@ The Python API (TensorFlow is imported on first use, not by ``import captioning`
     train(config, "runs/my_run")                       # then load("runs/my_run")
 """
 
-__all__ = ["Captioner", "load", "load_config", "train"]
+__all__ = ["Captioner", "load", "load_config", "train", "validate"]
 
 _LAZY = {"Captioner": "captioning.captioner", "load": "captioning.captioner", "load_config": "captioning.config",
-         "train": "captioning.training.loop"}
+         "train": "captioning.training.loop", "validate": "captioning.validate"}
 
 
 def __getattr__(name):

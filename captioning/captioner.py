@@ -128,7 +128,7 @@ class Captioner:
         (teacher forcing gives the same steps) to read each word's attention weights."""
         if not self.model.decoder.has_attention:
             raise ConfigError(f"decoder.name is '{self.config.decoder.name}': no attention to show "
-                              "(train with decoder.name=attention)")
+                              "(train with decoder.name=attention or transformer)")
         with self.reader.reporting_errors():
             images = next(iter(image_dataset([str(path)], self.reader, 1)))  # (1, y_size, x_size, 3)
         token_ids = np.asarray(self._generate(images))[0]  # (max_length,), <start> first

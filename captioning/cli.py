@@ -84,7 +84,7 @@ def parse_arguments(argv):
                               "log-probability (over the length penalty if one is set)")
     caption.add_argument("--attention", metavar="OUT.png",
                          help="also write the image once per generated word with that word's attention map "
-                              "(runs trained with decoder.name=attention)")
+                              "(decoders with attention: decoder.name=attention or transformer)")
 
     export = commands.add_parser("export", help="write a trained run as one .keras file (weights, config, vocabulary)")
     export.add_argument("--run", required=True, help="run directory")
@@ -234,15 +234,11 @@ def run_export(arguments) -> None:
 
 
 def run_evaluate(arguments) -> None:
-    from captioning.captioner import Captioner
-    from captioning.data.splits import check_evaluation_split
-    from captioning.evaluation.evaluate import evaluate_captioner, format_metrics, write_results
-    from captioning.runs import latest_run, load_run_config
+    from captioning.evaluation.evaluate import evaluate_captioner, evaluation_captioner, format_metrics, write_results
+    from captioning.runs import latest_run
 
     run_dir = Path(arguments.run) if arguments.run else latest_run()
-    # The guard reads the run's saved config: what trained it, never what --set says now.
-    check_evaluation_split(load_run_config(run_dir), arguments.split)
-    captioner = Captioner.from_run(run_dir, arguments.set + beam_overrides(arguments.beam))
+    captioner = evaluation_captioner(run_dir, arguments.split, arguments.set + beam_overrides(arguments.beam))
     metrics, rows = evaluate_captioner(captioner, arguments.split)
     metrics["run"] = str(run_dir)
     metrics["generation"] = dataclasses.asdict(captioner.config.generation)

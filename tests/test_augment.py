@@ -19,10 +19,10 @@ from captioning.models.encoders import normalization_for
 from captioning.training.augment import (
     CaptionAugmentation,
     build_augmentation,
-    check_augmentation,
     mirrored_token_ids,
     value_range,
 )
+from captioning.validate import check_augmentation
 
 CAPTIONS, LENGTH = 5, 22  # tiny config: captions_per_image, decoder.max_length
 

@@ -90,6 +90,27 @@ def test_caption_top_prints_the_best_beams_with_their_log_probabilities(trained_
     assert scores == sorted(scores, reverse=True) and all(score <= 0 for score in scores)
 
 
+def test_evaluation_validates_the_config_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    """evaluate (the command, on the run's config with its --set overrides) and evaluate_run
+    (on the saved config) refuse a bad value before Captioner.from_run reads any weights."""
+    from captioning.captioner import Captioner
+    from captioning.config import ConfigError, ExperimentConfig, to_toml
+    from captioning.evaluation.evaluate import evaluate_run
+
+    built = []
+    monkeypatch.setattr(Captioner, "from_run", classmethod(lambda cls, run_dir, overrides=(): built.append(run_dir)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(to_toml(ExperimentConfig()))
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run_dir), "--split", "test", "--set",
+                           "generation.sampler=nucleus")
+    assert code == 2 and "unknown generation.sampler 'nucleus'" in err
+    (run_dir / "config.toml").write_text(to_toml(ExperimentConfig()).replace('cell = "lstm"', 'cell = "gur"'))
+    with pytest.raises(ConfigError, match=r"unknown decoder cell 'gur' \(decoder.cell\)"):
+        evaluate_run(run_dir, facts={})
+    assert built == []
+
+
 def test_evaluate_with_a_beam_names_and_records_it(trained_run, capsys):
     code, out, err = run_cli(capsys, "evaluate", "--run", str(trained_run), "--split", "test", "--beam", "2")
     assert code == 0, err

@@ -196,6 +196,21 @@ def test_every_config_is_read_before_anything_trains(compared, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_bad_value_in_the_last_file_fails_before_any_run_trains(tmp_path, monkeypatch):
+    """Every file is validated with its overrides and each seed first; the error names the file."""
+    import captioning.reports.compare as compare_module
+
+    trained = []
+    monkeypatch.setattr(compare_module, "train", lambda config, run_dir, verbose: trained.append(config.name))
+    first = write_experiment(tmp_path / "first.toml", tmp_path)
+    last = write_experiment(tmp_path / "last.toml", tmp_path, "decoder.cell=gur")  # the right type, no such cell
+    with pytest.raises(ConfigError, match=r"last\.toml \(seed 0\): unknown decoder cell 'gur' \(decoder.cell\)"):
+        compare([first, last], tmp_path / "out", runs_root=tmp_path / "runs", seeds=[0, 1])
+    with pytest.raises(ConfigError, match=r"first\.toml: unknown training.strategy 'tpu'"):
+        compare([first, last], tmp_path / "out", runs_root=tmp_path / "runs", overrides=["training.strategy=tpu"])
+    assert trained == [] and not (tmp_path / "runs").exists()
+
+
 def test_seeds_give_one_row_with_mean_and_std(compared, tmp_path):
     runs_root = copy_of_runs(compared, tmp_path)
     table, printed = quietly(compare, compared.experiments[:1], tmp_path / "out", runs_root=runs_root, seeds=[0, 1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from captioning.config import (
     to_dict,
     to_toml,
 )
+from captioning.validate import validate
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPOSITORY_ROOT / "experiments"
@@ -423,6 +425,7 @@ def test_shipped_experiment_loads_and_round_trips(path, tmp_path):
     assert config.name == path.stem
     assert set(changed_keys(config)) - {"name"}, f"{path.name} changes nothing from the defaults"
     assert to_dict(round_trip(config, tmp_path)) == to_dict(config)
+    validate(config)  # every shipped value means something: train would start
 
 
 def test_activation_experiments_differ_only_in_the_activation_and_cover_every_one():
@@ -460,3 +463,78 @@ def test_bases_chain_and_resolve_relative_to_their_file(tmp_path):
 def test_unquoted_number_for_a_text_field_is_kept_as_text():
     config = load_config(None, ["data.root=2024"])
     assert config.data.root == "2024"
+
+
+# ---- validate(config): what each value means ------------------------------------------
+
+
+def test_the_defaults_are_valid():
+    validate(ExperimentConfig())
+
+
+# (override, what the ConfigError must say): for every section, a value that passes
+# load_config's type check but that training, evaluation or captioning would refuse.
+INVALID_VALUES = [
+    ("data.name=flickr9k", r"unknown data set 'flickr9k' \(data.name\); valid: coco, csv, flickr30k, flickr8k"),
+    ("data.captions_per_image=0", r"data.captions_per_image=0 must be at least 1"),
+    ("images.x_size=0", r"images.x_size=0 must be at least 1"),
+    ("images.augment_zoom=1.5", r"images.augment_zoom=1.5 must be at least 0 \(off\) and below 1"),
+    ("encoder.name=resnet9", r"unknown encoder 'resnet9' \(encoder.name\); valid: conv_stack, vgg16"),
+    ("encoder.activation=swishy", r"unknown encoder activation 'swishy' \(encoder.activation\); valid: relu"),
+    ("encoder.filters=[]", r"encoder.filters is empty"),
+    ("encoder.fine_tune_layers=2", r"encoder.fine_tune_layers=2 applies to pretrained backbones"),
+    ("decoder.name=transformers", r"unknown decoder 'transformers' \(decoder.name\); valid: rnn, attention, transformer"),
+    ("decoder.cell=gur", r"unknown decoder cell 'gur' \(decoder.cell\); valid: lstm, gru"),
+    ("decoder.image_pooling=max", r"unknown image_pooling 'max' \(decoder.image_pooling\); valid: mean, flatten"),
+    ("decoder.attention_placement=middle", r"'middle' \(decoder.attention_placement\); valid: input, output"),
+    ("decoder.attention_penalty_scale=per_word", r"'per_word' \(decoder.attention_penalty_scale\); valid: per_token"),
+    ("decoder.output_layer=tall", r"unknown output_layer 'tall' \(decoder.output_layer\); valid: deep, wide"),
+    ("decoder.dropout=1.0", r"decoder.dropout=1.0 must be at least 0 \(off\) and below 1"),
+    ("generation.sampler=nucleus", r"unknown generation.sampler 'nucleus'; valid: greedy, beam, top_k, top_p"),
+    ("generation.top_p=0", r"generation.top_p must be above 0 and at most 1, got 0"),
+    ("training.batch_size=0", r"training.batch_size=0 must be at least 1"),
+    ("training.learning_rate_decay=0", r"training.learning_rate_decay=0.0 must be above 0 and at most 1"),
+    ("training.checkpoint_every_steps=-1", r"training.checkpoint_every_steps=-1 is negative"),
+    ("training.strategy=tpu", r"unknown training.strategy 'tpu'; valid: default, mirrored, multi_worker"),
+    ("training.early_stopping_split=dev", r"unknown training.early_stopping_split 'dev'; valid: val, train_tail"),
+    ("training.evaluation_split=tset", r"unknown evaluation split 'tset' \(training.evaluation_split\); valid: train"),
+    ("training.gradient_norm_interval=0", r"training.gradient_norm_interval=0 must be at least 1"),
+    ("training.self_critical_epochs=-1", r"training.self_critical_epochs=-1 is negative"),
+    ("training.fine_tune_epochs=-1", r"training.fine_tune_epochs=-1 is negative"),
+]
+
+
+@pytest.mark.parametrize("override, message", INVALID_VALUES, ids=[override for override, _ in INVALID_VALUES])
+def test_validate_names_the_field_its_value_and_the_valid_ones(override, message):
+    config = load_config(None, [override])  # the type is right: only validate can refuse it
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_every_section_has_an_invalid_value_tested():
+    assert {override.split(".")[0] for override, _ in INVALID_VALUES} == set(SECTIONS)
+
+
+def test_validate_checks_a_decoders_own_fields_only_when_it_is_chosen():
+    uneven = ["decoder.embedding_dim=12", "decoder.transformer_heads=8"]
+    validate(load_config(None, uneven))  # rnn reads neither field
+    with pytest.raises(ConfigError, match=r"decoder.embedding_dim=12 must divide by decoder.transformer_heads=8"):
+        validate(load_config(None, [*uneven, "decoder.name=transformer"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["images.augment=true", "encoder.name=vgg16"], r"images.augment needs the encoder to see each augmented image"),
+    (["training.log_gradient_norms=true", "encoder.name=mobilenet"], r"training.log_gradient_norms measures"),
+    (["training.self_critical_epochs=1"], r"encoder 'conv_stack' here trains"),
+    (["training.evaluation_split=val"], r"the 'val' split chose this run's best epoch"),
+], ids=["augment-frozen", "gradients-frozen", "self-critical-trains", "evaluation-is-stopping-split"])
+def test_validate_refuses_settings_of_two_sections_that_cannot_run_together(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config(None, overrides))
+
+
+def test_validate_imports_nothing_above_config_data_and_models():
+    """training, evaluation and reports import validate; the other way round would be a cycle."""
+    source = (REPOSITORY_ROOT / "captioning" / "validate.py").read_text()
+    imported = re.findall(r"^\s*from (captioning[.\w]*) import", source, flags=re.MULTILINE)
+    assert imported and all(re.match(r"captioning\.(config|data|models)\b", module) for module in imported), imported

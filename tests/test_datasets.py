@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from captioning.config import DataConfig
-from captioning.data.datasets import DATASETS, DatasetError, csv_source, load_split
+from captioning.data.datasets import DATASETS, CaptionedImage, Dataset, DatasetError, csv_source, extra_metrics, load_split
 
 
 def _tiny_jpeg() -> bytes:
@@ -54,6 +54,48 @@ def names_of(images, root) -> list[str]:
 
 def test_registry_names_every_source():
     assert {"shapes", "flickr8k", "flickr30k", "coco", "karpathy", "csv"} <= set(DATASETS)
+    assert all(isinstance(entry, Dataset) and callable(entry.load_split) for entry in DATASETS.values())
+
+
+def test_only_shapes_offers_extra_metrics_and_the_others_give_none():
+    assert {name for name, entry in DATASETS.items() if entry.extra_metrics is not None} == {"shapes"}
+    assert extra_metrics(DataConfig(name="flickr8k", root="no/such/folder"), "test", ["a.jpg"], ["a dog"]) == {}
+
+
+def test_shapes_word_accuracies_come_through_the_registry(tmp_path):
+    data = DataConfig(name="shapes", root=str(tmp_path / "shapes"), shapes_image_size=48, shapes_train_size=8,
+                      shapes_val_size=24, shapes_test_size=8)
+    images = load_split(data, "val")
+    paths = [image.image_path for image in images]
+    right = extra_metrics(data, "val", paths, [image.captions[0] for image in images])  # a reference names it all
+    assert right["one_object_images"] > 0 and right["colour_accuracy"] == right["shape_accuracy"] == 1.0
+    wrong = extra_metrics(data, "val", paths, ["a purple hexagon"] * len(paths))
+    assert wrong["colour_accuracy"] == wrong["shape_accuracy"] == 0.0
+
+
+def test_evaluation_adds_the_metrics_the_registry_offers_whatever_the_name(monkeypatch):
+    from types import SimpleNamespace
+
+    from captioning.evaluation import coco_metrics
+    from captioning.evaluation.evaluate import evaluate_examples
+
+    monkeypatch.setattr(coco_metrics, "meteor_score", lambda references, hypotheses: 0.25)  # no Java start-up
+    asked = []
+
+    def counted_words(data_config, split, image_paths, captions):
+        asked.append((data_config.root, split, list(image_paths)))
+        return {"words": sum(len(caption.split()) for caption in captions)}
+
+    monkeypatch.setitem(DATASETS, "drawn", Dataset(load_split=lambda data_config, split: [], extra_metrics=counted_words))
+    captioner = SimpleNamespace(config=SimpleNamespace(data=DataConfig(name="drawn", root="drawn_root")),
+                                caption_paths=lambda paths, progress: ["a red circle"] * len(paths),
+                                model=SimpleNamespace(decoder=SimpleNamespace(has_attention=False)))
+    examples = [CaptionedImage("one.png", ("a red circle",)), CaptionedImage("two.png", ("a blue square",))]
+    metrics, _ = evaluate_examples(captioner, examples, "train_tail", progress=False)
+    assert metrics["words"] == 6 and asked == [("drawn_root", "train", ["one.png", "two.png"])]  # train_tail: train images
+    captioner.config.data = DataConfig(name="flickr8k", root="drawn_root")
+    metrics, _ = evaluate_examples(captioner, examples, "test", progress=False)
+    assert "words" not in metrics and len(asked) == 1
 
 
 # --- the deterministic split rule -------------------------------------------------------

@@ -18,12 +18,12 @@ from captioning.models.encoders import build_encoder
 from captioning.reports.compare import ComparedRun, plot_comparison
 from captioning.training.gradients import (
     GradientNormLogger,
-    check_gradient_logging,
     convolution_weights,
     mean_norm_per_layer,
     write_gradient_norms,
 )
 from captioning.training.loop import train
+from captioning.validate import check_gradient_logging
 
 
 def first_epoch_norms(activation: str) -> list[float]:

@@ -12,7 +12,14 @@ from captioning.config import DecoderConfig, EncoderConfig
 from captioning.data.images import NORMALIZATIONS
 from captioning.models.decoders import CELL_CLASSES, DECODERS, build_decoder
 from captioning.models.decoders import STATES_PER_CELL as STATES
-from captioning.models.encoders import ENCODERS, EncoderWeightsError, build_encoder, normalization_for
+from captioning.models.encoders import (
+    ENCODERS,
+    EncoderWeightsError,
+    build_encoder,
+    encoder_is_frozen,
+    is_pretrained,
+    normalization_for,
+)
 from captioning.models.recurrence import input_gates, recurrent_update
 
 IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
@@ -91,6 +98,23 @@ def test_conv_stack_activation_is_a_config_choice(activation):
         assert features.min() > 0 and features.max() < 1
     if activation in ("leaky_relu", "elu", "tanh"):
         assert features.min() < 0
+
+
+def test_the_registry_says_which_encoders_are_pretrained_and_so_can_be_frozen():
+    assert {name for name in ENCODERS if is_pretrained(name)} == set(ENCODERS) - {"conv_stack"}
+    for name in ENCODERS:
+        assert encoder_is_frozen(EncoderConfig(name=name)) == is_pretrained(name)  # frozen unless asked to train
+        assert not encoder_is_frozen(EncoderConfig(name=name, trainable=True))
+        assert not encoder_is_frozen(EncoderConfig(name=name, fine_tune_last_block=True))
+    assert normalization_for(EncoderConfig(name="conv_stack")) == "unit"
+
+
+@pytest.mark.parametrize("config", [EncoderConfig(name="conv_stack", filters=[4]),
+                                    EncoderConfig(name="mobilenet", weights="none", alpha=0.25)], ids=lambda c: c.name)
+def test_an_encoder_the_registry_calls_frozen_builds_without_trainable_weights(config):
+    encoder = build_encoder(config, IMAGE_SHAPE)
+    encoder(random_images())
+    assert (not encoder.trainable_weights) == encoder_is_frozen(config)
 
 
 def test_unknown_encoder_and_activation_are_errors_listing_valid_names():

@@ -21,13 +21,13 @@ from captioning.training.self_critical import (
     HISTORY_FILE,
     SelfCriticalTrainer,
     advantages,
-    check_self_critical,
     padded_after_end,
     policy_gradient_loss,
     reference_text,
     sampling_logits,
 )
 from captioning.training.validation import ValidationBleu
+from captioning.validate import check_self_critical
 
 REFERENCES = [
     ["a dog runs on the grass", "a brown dog is running", "the dog runs across a field"],

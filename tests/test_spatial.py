@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from captioning.data.datasets.shapes import ShapeObject
-from captioning.evaluation.spatial import relation_is_right, word_accuracies
+from captioning.data.datasets.shapes_words import relation_is_right, word_accuracies
 
 
 def shape(colour, shape_name, x, y):

@@ -1,3 +1,3 @@
-"""Evaluation: BLEU, CIDEr-D and the COCO caption metrics, the shapes data set's spatial words,
-attention statistics, and scoring a run on a split.
+"""Evaluation: BLEU, CIDEr-D and the COCO caption metrics, attention statistics, and scoring a run
+on a split (with the metrics a data set adds, such as the shapes data set's spatial words).
 """

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 from captioning.captioner import Captioner
-from captioning.data.datasets import CaptionedImage, load_split
-from captioning.data.splits import training_and_stopping_examples
+from captioning.data.datasets import CaptionedImage, extra_metrics, load_split
+from captioning.data.splits import check_evaluation_split, training_and_stopping_examples
 from captioning.evaluation.attention_statistics import attention_statistics
 from captioning.evaluation.bleu import bleu_scores, shuffled_image_bleu_4
 from captioning.evaluation.coco_metrics import coco_caption_scores
-from captioning.evaluation.spatial import shapes_word_accuracies
 from captioning.files import write_json, write_text
-from captioning.runs import METRICS_FILE
+from captioning.runs import METRICS_FILE, load_run_config
+from captioning.validate import validate
 
 SELECTION_METRICS_FILE = "metrics_selection.json"  # in the run directory: selection_metrics
 
@@ -60,9 +60,8 @@ def evaluate_examples(captioner: Captioner, examples: list[CaptionedImage], spli
     metrics = score_captions(examples, hypotheses, split)
     if attention:
         metrics.update(attention_statistics(captioner, paths))
-    if captioner.config.data.name == "shapes":  # the drawn objects are known: which words are right?
-        drawn_split = "train" if split == "train_tail" else split  # the held-out end of the train split
-        metrics.update(shapes_word_accuracies(captioner.config.data.root, drawn_split, paths, hypotheses))
+    source_split = "train" if split == "train_tail" else split  # the held-out end of the train split
+    metrics.update(extra_metrics(captioner.config.data, source_split, paths, hypotheses))  # e.g. shapes' word accuracies
     return metrics, rows
 
 
@@ -72,7 +71,7 @@ def evaluate_run(run_dir: Path, facts: dict) -> dict:
     Writes ``metrics.json`` (the scores, ``facts`` about the run such as training time, and
     ``evaluation_seconds``: captioning and scoring the split) and ``captions_<split>.csv``.
     """
-    captioner = Captioner.from_run(run_dir)
+    captioner = evaluation_captioner(run_dir, load_run_config(run_dir).training.evaluation_split)
     split = captioner.config.training.evaluation_split
     started = time.monotonic()
     metrics, rows = evaluate_captioner(captioner, split)
@@ -80,6 +79,17 @@ def evaluate_run(run_dir: Path, facts: dict) -> dict:
     write_results(metrics, rows, Path(run_dir) / METRICS_FILE, Path(run_dir) / f"captions_{split}.csv")
     print(format_metrics(metrics))
     return metrics
+
+
+def evaluation_captioner(run_dir: Path, split: str, overrides: list[str] = ()) -> Captioner:
+    """The run's model, to score ``split`` with ``overrides`` (generation.* and the like).
+
+    Refuses a split that trained the run or chose its best epoch (read from the saved config:
+    what trained it, never what the overrides say now), then validates the config the
+    overrides make, before the model is built."""
+    check_evaluation_split(load_run_config(run_dir), split)
+    validate(load_run_config(run_dir, overrides))
+    return Captioner.from_run(run_dir, overrides)
 
 
 def selection_metrics(run_dir: Path) -> dict:

@@ -39,6 +39,8 @@ class ConvStack(layers.Layer):
     Returns (batch, height / 2**blocks * width / 2**blocks, filters[-1]).
     """
 
+    normalization = "unit"  # the images.py scheme: pixels / 255, in [0, 1]
+
     def __init__(self, filters=(32, 64, 128, 256), kernel_size=3, batch_norm=True, activation="relu", **kwargs):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
@@ -338,7 +340,26 @@ def _build_backbone(config: EncoderConfig, image_shape, load_pretrained: bool, f
     )
 
 
+# The valid ``encoder.name`` values. The pretrained ones are those in BACKBONES; only they can
+# be frozen (their features computed once into the feature cache) or fine-tuned.
 ENCODERS: dict[str, Callable] = {"conv_stack": _build_conv_stack, **{name: _build_backbone for name in BACKBONES}}
+
+
+def check_encoder_name(name: str) -> None:
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder '{name}' (encoder.name); valid: {', '.join(ENCODERS)}")
+
+
+def is_pretrained(name: str) -> bool:
+    """Whether encoder ``name`` starts from pretrained weights (a BACKBONES entry), and so can be
+    frozen or fine-tuned; conv_stack trains from scratch, always end to end."""
+    return name in BACKBONES
+
+
+def encoder_is_frozen(config: EncoderConfig) -> bool:
+    """Only a pretrained backbone that nothing fine-tunes during training.epochs gives the same
+    features every epoch; with encoder.fine_tune_layers that is phase 1 (training/loop.py)."""
+    return is_pretrained(config.name) and not config.trainable and not config.fine_tune_last_block
 
 
 def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = True,
@@ -350,15 +371,11 @@ def build_encoder(config: EncoderConfig, image_shape, load_pretrained: bool = Tr
     top ``config.fine_tune_layers`` layers trainable; otherwise those layers are frozen like
     the rest (the first phase, and captioning: the weights are the same variables either way).
     """
-    if config.name not in ENCODERS:
-        raise ConfigError(f"unknown encoder '{config.name}' (encoder.name); valid: {', '.join(ENCODERS)}")
+    check_encoder_name(config.name)
     return ENCODERS[config.name](config, tuple(image_shape), load_pretrained, fine_tuning)
 
 
 def normalization_for(config: EncoderConfig) -> str:
     """The image loader's normalization scheme for this encoder."""
-    if config.name == "conv_stack":
-        return "unit"
-    if config.name in BACKBONES:
-        return BACKBONES[config.name].normalization
-    raise ConfigError(f"unknown encoder '{config.name}' (encoder.name); valid: {', '.join(ENCODERS)}")
+    check_encoder_name(config.name)
+    return BACKBONES[config.name].normalization if is_pretrained(config.name) else ConvStack.normalization

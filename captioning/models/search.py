@@ -244,7 +244,8 @@ SAMPLERS = {
 }
 
 
-def build_sampler(generation: GenerationConfig):
+def check_generation(generation: GenerationConfig) -> None:
+    """ConfigError naming the first [generation] field whose value no sampler can use."""
     if generation.sampler not in SAMPLERS:
         raise ConfigError(f"unknown generation.sampler '{generation.sampler}'; valid: {', '.join(SAMPLERS)}")
     if generation.beam_width < 1:
@@ -259,6 +260,10 @@ def build_sampler(generation: GenerationConfig):
         raise ConfigError(f"generation.temperature must be above 0, got {generation.temperature}")
     if generation.no_repeat_ngram_size < 0:
         raise ConfigError(f"generation.no_repeat_ngram_size must be 0 (off) or more, got {generation.no_repeat_ngram_size}")
+
+
+def build_sampler(generation: GenerationConfig):
+    check_generation(generation)
     return SAMPLERS[generation.sampler](generation)
 
 

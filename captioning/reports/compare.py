@@ -56,6 +56,7 @@ from captioning.runs import (
 )
 from captioning.training.gradients import mean_norm_per_layer
 from captioning.training.loop import prepare_run_dir, train
+from captioning.validate import validate
 
 # Caption metrics from metrics.json; the optional ones get a column only when some run has them.
 METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",
@@ -94,11 +95,7 @@ def compare(experiment_paths, out_dir: str | Path, runs_root: str | Path = RUNS_
     overrides: ``section.field=value`` applied to every experiment before the seed.
     """
     out_dir, runs_root = Path(out_dir), Path(runs_root)
-    configs = []  # every config resolved first: a typo in the last file fails before anything trains
-    for index, path in enumerate(expand_experiments(experiment_paths)):
-        for seed in seeds if seeds else [None]:
-            seed_override = [f"training.seed={seed}"] if seed is not None else []
-            configs.append((index, load_config(path, list(overrides) + seed_override)))
+    configs = validated_configs(expand_experiments(experiment_paths), seeds, overrides)
     saved = saved_configs(runs_root)
     runs = []
     for index, config in configs:
@@ -124,6 +121,23 @@ def compare(experiment_paths, out_dir: str | Path, runs_root: str | Path = RUNS_
     print(markdown_table(readable), end="")
     print(f"wrote compare.csv, compare.md, {', '.join(plots)} to {out_dir}")
     return table
+
+
+def validated_configs(experiments: list[Path], seeds: list[int] | None, overrides: list[str]) -> list[tuple[int, ExperimentConfig]]:
+    """(experiment index, config) for every experiment file and seed, each loaded with the
+    overrides and validated: a bad value in the last file fails before anything trains, and
+    the error names that file."""
+    configs = []
+    for index, path in enumerate(experiments):
+        for seed in seeds if seeds else [None]:
+            seed_override = [f"training.seed={seed}"] if seed is not None else []
+            config = load_config(path, list(overrides) + seed_override)
+            try:
+                validate(config)
+            except ConfigError as error:
+                raise ConfigError(f"{path}{f' (seed {seed})' if seed is not None else ''}: {error}") from None
+            configs.append((index, config))
+    return configs
 
 
 def mark_chosen(table: pd.DataFrame, aggregate: bool) -> pd.DataFrame:

@@ -25,7 +25,7 @@ Rotation and zoom fill the uncovered border with the nearest pixels ("nearest"):
 no caption names; the shapes images keep their borders free of objects.
 
 A frozen pretrained encoder's features are computed once into the feature cache, before
-any augmentation could reach them; ``check_augmentation`` makes that combination a
+any augmentation could reach them; ``validate.check_augmentation`` makes that combination a
 ConfigError rather than letting the run train without augmentation unawares.
 """
 
@@ -35,38 +35,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioning.config import ConfigError, ExperimentConfig, ImagesConfig
+from captioning.config import ExperimentConfig, ImagesConfig
 from captioning.data.images import get_normalization
 from captioning.data.vocabulary import UNKNOWN_ID, Vocabulary
 from captioning.models.encoders import normalization_for
-from captioning.training.features import encoder_is_frozen
+from captioning.validate import check_augmentation
 
 # Words that trade places when the picture is mirrored left-right.
 MIRRORED_WORDS = (("left", "right"),)
-# The fields holding a factor; 0 turns that augmentation off.
-FACTOR_FIELDS = ("augment_rotation", "augment_zoom", "augment_contrast")
-
-
-def check_augmentation(config: ExperimentConfig) -> None:
-    """ConfigError when ``images.augment*`` asks for something training cannot do."""
-    images = config.images
-    for field in FACTOR_FIELDS:
-        value = getattr(images, field)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"images.{field}={value} must be at least 0 (off) and below 1")
-    if not images.augment:
-        return
-    if not (images.augment_flip or any(getattr(images, field) for field in FACTOR_FIELDS)):
-        raise ConfigError("images.augment is on but every augmentation is off: set images.augment_flip=true or one "
-                          f"of {', '.join(f'images.{field}' for field in FACTOR_FIELDS)} above 0, or images.augment=false")
-    if encoder_is_frozen(config.encoder):
-        raise ConfigError(
-            f"images.augment needs the encoder to see each augmented image, but encoder.name='{config.encoder.name}' "
-            "is frozen: its features are computed once into the feature cache, before any augmentation. Train the "
-            "encoder (encoder.trainable=true or encoder.fine_tune_last_block=true), use encoder.name=conv_stack, or "
-            "set images.augment=false")
-
-
 def mirrored_token_ids(vocabulary: Vocabulary) -> np.ndarray:
     """(vocabulary.size,) int32: the id each token becomes in the caption of a mirrored image.
 

@@ -27,8 +27,7 @@ import json
 import os
 
 from captioning.config import ConfigError, TrainingConfig
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
+from captioning.validate import check_strategy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +92,7 @@ def shard_bounds(total: int, worker: Worker) -> tuple[int, int]:
 
 def build_strategy(training: TrainingConfig):
     """The tf.distribute strategy ``training.strategy`` names."""
-    if training.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown training.strategy '{training.strategy}'; valid: {', '.join(STRATEGIES)}")
+    check_strategy(training)
     import tensorflow as tf
 
     if training.strategy == "default":

@@ -69,12 +69,6 @@ POLL_SECONDS = 1.0
 NOT_IN_KEY = ("fine_tune_layers",)
 
 
-def encoder_is_frozen(config: EncoderConfig) -> bool:
-    """Only a pretrained backbone that nothing fine-tunes during training.epochs gives the same
-    features every epoch; with encoder.fine_tune_layers that is phase 1 (training.py)."""
-    return config.name != "conv_stack" and not config.trainable and not config.fine_tune_last_block
-
-
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -38,25 +38,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from captioning.config import ConfigError, ExperimentConfig
 from captioning.files import write_text
 from captioning.plots.curves import plot_gradient_norms
-from captioning.training.features import encoder_is_frozen
 
 GRADIENT_NORMS_FILE = "gradient_norms.csv"
 GRADIENT_NORMS_PLOT = "gradient_norms.png"
 COLUMNS = ["step", "depth", "layer", "norm"]
-
-
-def check_gradient_logging(config: ExperimentConfig) -> None:
-    training = config.training
-    if training.gradient_norm_interval < 1:
-        raise ConfigError(f"training.gradient_norm_interval={training.gradient_norm_interval} must be at least 1 (steps)")
-    if training.log_gradient_norms and encoder_is_frozen(config.encoder):
-        raise ConfigError(
-            f"training.log_gradient_norms measures the encoder's gradients, but encoder.name='{config.encoder.name}' is "
-            "frozen and gets none: train it (encoder.trainable=true or encoder.fine_tune_last_block=true), use "
-            "encoder.name=conv_stack, or set training.log_gradient_norms=false")
 
 
 def convolution_weights(encoder: keras.layers.Layer) -> list[tuple[str, list]]:

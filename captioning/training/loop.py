@@ -33,14 +33,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioning.config import ConfigError, ExperimentConfig, TrainingConfig, to_toml
+from captioning.config import ExperimentConfig, to_toml
 from captioning.data.pipeline import ImageReader, caption_array, feature_dataset, image_dataset, training_dataset
-from captioning.data.splits import check_splits, training_and_stopping_examples
+from captioning.data.splits import training_and_stopping_examples
 from captioning.data.vocabulary import Vocabulary
 from captioning.evaluation.evaluate import evaluate_run
 from captioning.files import atomic_path, write_text
 from captioning.models.caption_model import build_feature_model, build_model, compile_model, image_shape, masked_loss
-from captioning.models.encoders import build_encoder, normalization_for
+from captioning.models.encoders import build_encoder, encoder_is_frozen, normalization_for
 from captioning.models.precision import precision_policy
 from captioning.plots.curves import plot_training_curves
 from captioning.runs import (
@@ -53,54 +53,17 @@ from captioning.runs import (
     config_differences,
     load_run_config,
 )
-from captioning.training.augment import build_augmentation, check_augmentation
+from captioning.training.augment import build_augmentation
 from captioning.training.checkpoints import TrainingCheckpoint
 from captioning.training.distribution import Worker, build_strategy, current_worker
-from captioning.training.features import FeatureCache, encoder_is_frozen
-from captioning.training.gradients import (
-    GRADIENT_NORMS_FILE,
-    GRADIENT_NORMS_PLOT,
-    GradientNormLogger,
-    check_gradient_logging,
-)
-from captioning.training.self_critical import check_self_critical, train_self_critical
+from captioning.training.features import FeatureCache
+from captioning.training.gradients import GRADIENT_NORMS_FILE, GRADIENT_NORMS_PLOT, GradientNormLogger
+from captioning.training.self_critical import train_self_critical
 from captioning.training.validation import ValidationBleu
+from captioning.validate import validate
 
 BEST_WEIGHTS_FILE = "best.weights.h5"  # inside checkpoint/: the training model's best epoch
 FINE_TUNE_DIR = "fine_tune"  # inside checkpoint/: phase 2's own checkpoint and best weights
-
-
-def check_learning_rate_decay(training: TrainingConfig) -> None:
-    if not 0 < training.learning_rate_decay <= 1:
-        raise ConfigError(f"training.learning_rate_decay={training.learning_rate_decay} must be above 0 and at most 1 "
-                          "(1 keeps the learning rate fixed)")
-
-
-def check_checkpointing(training: TrainingConfig) -> None:
-    if training.checkpoint_every_steps < 0:
-        raise ConfigError(f"training.checkpoint_every_steps={training.checkpoint_every_steps} is negative "
-                          "(0 checkpoints at epoch ends only)")
-
-
-def check_fine_tuning(config: ExperimentConfig) -> None:
-    """Refuses fine-tuning settings that cannot run as asked, before phase 1 spends any time."""
-    encoder, training = config.encoder, config.training
-    if training.fine_tune_epochs < 0:
-        raise ConfigError(f"training.fine_tune_epochs={training.fine_tune_epochs} is negative")
-    if not encoder.fine_tune_layers:
-        return
-    # Negative N, conv_stack, encoder.trainable / fine_tune_last_block, N above the backbone's
-    # layer count: each is a ConfigError from the phase-2 encoder (built without its weights).
-    build_encoder(encoder, image_shape(config), load_pretrained=False, fine_tuning=True)
-    if encoder.weights in ("none", ""):
-        raise ConfigError("encoder.fine_tune_layers needs pretrained weights (encoder.weights is none): phase 1's cached "
-                          "features would come from one random backbone and phase 2 would build another; give "
-                          "encoder.weights=imagenet or a weights file")
-    if training.fine_tune_epochs == 0:
-        raise ConfigError(f"encoder.fine_tune_layers={encoder.fine_tune_layers} asks for a fine-tuning phase but "
-                          "training.fine_tune_epochs is 0; give it epochs, or set encoder.fine_tune_layers=0")
-    if training.fine_tune_learning_rate <= 0:
-        raise ConfigError(f"training.fine_tune_learning_rate={training.fine_tune_learning_rate} must be positive")
 
 
 def prepare_run_dir(config: ExperimentConfig, run_dir: Path) -> None:
@@ -390,14 +353,8 @@ def phase_summary(checkpoint: TrainingCheckpoint, learning_rate: float) -> dict:
 
 def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "auto") -> dict:
     """Trains (or resumes) the run in ``run_dir`` and returns its metrics on the evaluation split."""
+    validate(config)  # every section, before anything is built or written
     run_dir = Path(run_dir)
-    check_splits(config)
-    check_augmentation(config)
-    check_gradient_logging(config)
-    check_fine_tuning(config)
-    check_learning_rate_decay(config.training)
-    check_checkpointing(config.training)
-    check_self_critical(config)
     strategy = build_strategy(config.training)  # first: "multi_worker" must exist before any TensorFlow op
     worker = current_worker(config.training)
     prepare_run_dir(config, run_dir)

@@ -44,7 +44,6 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from captioning.config import ConfigError, ExperimentConfig
 from captioning.data.pipeline import trimmed_to_longest
 from captioning.data.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
 from captioning.evaluation.cider import CiderD
@@ -52,34 +51,12 @@ from captioning.files import atomic_path, write_csv_rows, write_json
 from captioning.models.caption_model import build_feature_model, compile_model
 from captioning.models.search import forbid_special_tokens, generate_token_ids
 from captioning.runs import CHECKPOINT_DIR, RunError
-from captioning.training.features import encoder_is_frozen
 from captioning.training.validation import CIDER_LOG_NAME
 
 SELF_CRITICAL_DIR = "self_critical"  # inside checkpoint/
 STATE_FILE = "state.json"
 BEST_WEIGHTS_FILE = "best.weights.h5"  # in checkpoint/self_critical/: the epoch with the best validation CIDEr-D
 HISTORY_FILE = "self_critical_history.csv"  # in the run directory
-
-
-def check_self_critical(config: ExperimentConfig) -> None:
-    """Refuses self-critical settings that cannot run as asked, before phase 1 spends any time."""
-    training = config.training
-    if training.self_critical_epochs < 0:
-        raise ConfigError(f"training.self_critical_epochs={training.self_critical_epochs} is negative")
-    if training.self_critical_epochs == 0:
-        return
-    if not encoder_is_frozen(config.encoder) or config.encoder.fine_tune_layers:
-        raise ConfigError("training.self_critical_epochs trains the decoder on a frozen encoder's cached features; "
-                          f"encoder '{config.encoder.name}' here trains (or is fine-tuned). Use a pretrained, frozen "
-                          "encoder without encoder.fine_tune_layers, or set training.self_critical_epochs=0")
-    if training.self_critical_samples < 2:
-        raise ConfigError(f"training.self_critical_samples={training.self_critical_samples}: each caption's baseline is "
-                          "the mean reward of the image's other samples, so at least 2 are needed")
-    if training.self_critical_learning_rate <= 0:
-        raise ConfigError(f"training.self_critical_learning_rate={training.self_critical_learning_rate} must be positive")
-    if training.strategy != "default":
-        raise ConfigError(f"training.self_critical_epochs runs on one device; training.strategy is "
-                          f"'{training.strategy}' (set it to default)")
 
 
 END_WORD = "<end>"  # what a reference and an ended sample end with when rewarded with their end token

@@ -1,5 +1,8 @@
 """What a caption gets right on the shapes data set: colour, shape and spatial words.
 
+The shapes entry of the data set registry offers these as its extra metrics
+(``datasets.extra_metrics``); evaluation adds them to BLEU and CIDEr for shapes runs.
+
 BLEU mixes everything; these accuracies say which part of the picture the model reads.
 Each is measured against the objects the generator drew (``objects.json``):
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from captioning.data.datasets.shapes import COLOURS, RELATIONS, SHAPES, ShapeObject, spatial_relation
+from captioning.data.datasets.shapes import COLOURS, RELATIONS, SHAPES, ShapeObject, read_objects, spatial_relation
 
 _WORD_TO_RELATION = {phrase: key for key, phrase in RELATIONS.items()}
 _COLOUR = "|".join(COLOURS)
@@ -56,8 +59,8 @@ def _mean(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def shapes_word_accuracies(data_root: str | Path, split: str, image_paths: list[str], captions: list[str]) -> dict:
-    from captioning.data.datasets.shapes import read_objects
-
-    objects = read_objects(data_root, split)
+def shapes_word_accuracies(data_config, split: str, image_paths: list[str], captions: list[str]) -> dict:
+    """The word accuracies of ``captions`` of ``image_paths`` (images of ``split`` under
+    ``data_config.root``), against the objects the generator drew there."""
+    objects = read_objects(data_config.root, split)
     return word_accuracies({Path(path).name: caption for path, caption in zip(image_paths, captions)}, objects)
