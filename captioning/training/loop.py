@@ -6,8 +6,8 @@ trains on those features; any other encoder trains end to end on images, augment
 model (encoder + decoder) that captions images. ``training.log_gradient_norms`` adds the
 encoder's first-epoch gradient norms (gradients.py).
 
-The model is built, compiled and fitted inside the ``training.strategy``'s scope
-(distribution.py) and the ``training.mixed_precision`` policy (precision.py). Under
+The model is built, compiled and fitted inside the ``runtime.strategy``'s scope
+(distribution.py) and the ``runtime.mixed_precision`` policy (precision.py). Under
 "multi_worker" every worker runs this same function: each extracts its share of the
 features, all train together, and only the chief (worker 0) writes the run directory's
 checkpoint, weights and metrics; worker i > 0 keeps its own resumable checkpoint in
@@ -15,10 +15,10 @@ checkpoint/worker-<i>/ and stops after training.
 
 With ``encoder.fine_tune_layers`` = N > 0 a run has two phases:
 
-    phase 1  training.epochs            decoder on the frozen backbone's cached features
-    phase 2  training.fine_tune_epochs  encoder + decoder on images, from phase 1's best
-                                        weights; the top N backbone layers unfrozen (batch
-                                        norm frozen), at training.fine_tune_learning_rate
+    phase 1  training.epochs   decoder on the frozen backbone's cached features
+    phase 2  fine_tune.epochs  encoder + decoder on images, from phase 1's best weights;
+                               the top N backbone layers unfrozen (batch norm frozen), at
+                               fine_tune.learning_rate
 
 Each phase has its own checkpoint (``checkpoint/`` and ``checkpoint/fine_tune/``), early
 stopping and best weights, so an interrupted run resumes in the phase it was in.
@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioning.config import ConfigError, ExperimentConfig, TrainingConfig, to_toml
+from captioning.config import ConfigError, ExperimentConfig, RuntimeConfig, TrainingConfig, to_toml
 from captioning.data.pipeline import ImageReader, caption_array, feature_dataset, image_dataset, training_dataset
 from captioning.data.splits import check_splits, training_and_stopping_examples
 from captioning.data.vocabulary import Vocabulary
@@ -76,17 +76,17 @@ def check_learning_rate_decay(training: TrainingConfig) -> None:
                           "(1 keeps the learning rate fixed)")
 
 
-def check_checkpointing(training: TrainingConfig) -> None:
-    if training.checkpoint_every_steps < 0:
-        raise ConfigError(f"training.checkpoint_every_steps={training.checkpoint_every_steps} is negative "
+def check_checkpointing(runtime: RuntimeConfig) -> None:
+    if runtime.checkpoint_every_steps < 0:
+        raise ConfigError(f"runtime.checkpoint_every_steps={runtime.checkpoint_every_steps} is negative "
                           "(0 checkpoints at epoch ends only)")
 
 
 def check_fine_tuning(config: ExperimentConfig) -> None:
     """Refuses fine-tuning settings that cannot run as asked, before phase 1 spends any time."""
-    encoder, training = config.encoder, config.training
-    if training.fine_tune_epochs < 0:
-        raise ConfigError(f"training.fine_tune_epochs={training.fine_tune_epochs} is negative")
+    encoder, fine_tune = config.encoder, config.fine_tune
+    if fine_tune.epochs < 0:
+        raise ConfigError(f"fine_tune.epochs={fine_tune.epochs} is negative")
     if not encoder.fine_tune_layers:
         return
     # Negative N, conv_stack, encoder.trainable / fine_tune_last_block, N above the backbone's
@@ -96,11 +96,11 @@ def check_fine_tuning(config: ExperimentConfig) -> None:
         raise ConfigError("encoder.fine_tune_layers needs pretrained weights (encoder.weights is none): phase 1's cached "
                           "features would come from one random backbone and phase 2 would build another; give "
                           "encoder.weights=imagenet or a weights file")
-    if training.fine_tune_epochs == 0:
+    if fine_tune.epochs == 0:
         raise ConfigError(f"encoder.fine_tune_layers={encoder.fine_tune_layers} asks for a fine-tuning phase but "
-                          "training.fine_tune_epochs is 0; give it epochs, or set encoder.fine_tune_layers=0")
-    if training.fine_tune_learning_rate <= 0:
-        raise ConfigError(f"training.fine_tune_learning_rate={training.fine_tune_learning_rate} must be positive")
+                          "fine_tune.epochs is 0; give it epochs, or set encoder.fine_tune_layers=0")
+    if fine_tune.learning_rate <= 0:
+        raise ConfigError(f"fine_tune.learning_rate={fine_tune.learning_rate} must be positive")
 
 
 def prepare_run_dir(config: ExperimentConfig, run_dir: Path) -> None:
@@ -318,12 +318,12 @@ def train_phase_one(data: TrainingData, checkpoint: TrainingCheckpoint, strategy
     phase (a resumed run) only loads them: no features, no fitting."""
     config = data.config
     frozen = encoder_is_frozen(config.encoder)
-    with strategy.scope(), precision_policy(config.training):
+    with strategy.scope(), precision_policy(config.runtime):
         if frozen:
             model = build_feature_model(config, data.vocabulary.size, frozen_feature_shape(config))
         else:
             model = build_model(config, data.vocabulary.size)
-        compile_model(model, config.training)
+        compile_model(model, config.runtime, config.training.learning_rate)
         initial_epoch = checkpoint.restore(model)
         if initial_epoch:
             print(f"resuming phase 1 after epoch {initial_epoch}")
@@ -344,9 +344,9 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
     layers unfrozen, starting from phase 1's best decoder (or phase 2's own checkpoint).
     Returns the full model holding the best weights of the two phases (see start_from)."""
     config = data.config
-    with strategy.scope(), precision_policy(config.training):
+    with strategy.scope(), precision_policy(config.runtime):
         model = build_model(config, data.vocabulary.size, fine_tuning=True)
-        compile_model(model, config.training, learning_rate=config.training.fine_tune_learning_rate)
+        compile_model(model, config.runtime, learning_rate=config.fine_tune.learning_rate)
         batches = None
         if checkpoint.has_checkpoint:
             initial_epoch = checkpoint.restore(model)
@@ -361,8 +361,8 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
                                   best_epoch=phase_one.state["best_epoch"])
             print(f"phase 2: fine-tuning the top {config.encoder.fine_tune_layers} layers of {config.encoder.name} "
                   f"({parameter_count(model.encoder.trainable_weights)} parameters) with the decoder, learning rate "
-                  f"{config.training.fine_tune_learning_rate}; early-stopping loss {starting_loss:.4f} after phase 1")
-        last_epoch = checkpoint.state["first_epoch"] + config.training.fine_tune_epochs
+                  f"{config.fine_tune.learning_rate}; early-stopping loss {starting_loss:.4f} after phase 1")
+        last_epoch = checkpoint.state["first_epoch"] + config.fine_tune.epochs
         if initial_epoch < last_epoch and not checkpoint.finished:
             callbacks = epoch_callbacks(data, None, run_dir, first_phase=False)
             fit(model, data, batches or data.image_datasets(), checkpoint, initial_epoch, last_epoch, verbose,
@@ -396,10 +396,10 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     check_gradient_logging(config)
     check_fine_tuning(config)
     check_learning_rate_decay(config.training)
-    check_checkpointing(config.training)
+    check_checkpointing(config.runtime)
     check_self_critical(config)
-    strategy = build_strategy(config.training)  # first: "multi_worker" must exist before any TensorFlow op
-    worker = current_worker(config.training)
+    strategy = build_strategy(config.runtime)  # first: "multi_worker" must exist before any TensorFlow op
+    worker = current_worker(config.runtime)
     prepare_run_dir(config, run_dir)
     keras.utils.set_random_seed(config.training.seed)
 
@@ -419,7 +419,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         checkpoint_dir = checkpoint_dir / f"worker-{worker.index}"
         history_path = checkpoint_dir / HISTORY_FILE
     patience, decay = config.training.patience, config.training.learning_rate_decay
-    every_steps = config.training.checkpoint_every_steps
+    every_steps = config.runtime.checkpoint_every_steps
     phase_one = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, history_path, patience,
                                    learning_rate_decay=decay, every_steps=every_steps)
     model = train_phase_one(data, phase_one, strategy, run_dir, verbose)
@@ -429,9 +429,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
                                        history_path, patience, phase=2, earlier_history=phase_one.state["history"],
                                        learning_rate_decay=decay, every_steps=every_steps)
         model = train_phase_two(data, phase_one, model, phase_two, strategy, run_dir, verbose)
-        phases.append((phase_two, config.training.fine_tune_learning_rate))
+        phases.append((phase_two, config.fine_tune.learning_rate))
     self_critical = None
-    if config.training.self_critical_epochs:
+    if config.self_critical.epochs:
         model, self_critical = self_critical_phase(data, model, run_dir, verbose)
     if not worker.is_chief:
         print(f"worker {worker.index}: training finished; the chief (worker 0) writes the weights and metrics")
@@ -443,8 +443,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         facts["self_critical"] = {"epochs": self_critical.state["epochs_done"],
                                   "best_epoch": self_critical.state["best_epoch"],  # 0: phase 1's decoder
                                   "training_seconds": round(self_critical.state["training_seconds"], 1),
-                                  "learning_rate": config.training.self_critical_learning_rate,
-                                  "samples": config.training.self_critical_samples,
+                                  "learning_rate": config.self_critical.learning_rate,
+                                  "samples": config.self_critical.samples,
                                   "history": self_critical.state["history"]}
         facts["training_seconds"] = round(facts["training_seconds"] + self_critical.state["training_seconds"], 1)
     return evaluate_run(run_dir, facts)
@@ -465,7 +465,7 @@ def self_critical_phase(data: TrainingData, phase_model, run_dir: Path, verbose)
         return validation_bleu(config, data.stopping_examples, features_for(data.stopping_examples, "early stopping"),
                                data.reader, data.vocabulary)
 
-    with precision_policy(config.training):
+    with precision_policy(config.runtime):
         return train_self_critical(data, phase_model, frozen_feature_shape(config), run_dir, features_for,
                                    validation_callback, verbose)
 

@@ -2,7 +2,7 @@
 
 Cross-entropy training (phase 1) teaches the decoder the next word of a reference caption;
 the captions it is judged on are its own, decoded word by word. With
-``training.self_critical_epochs`` > 0, a last phase fine-tunes the decoder with REINFORCE
+``self_critical.epochs`` > 0, a last phase fine-tunes the decoder with REINFORCE
 on captions it samples itself, each rewarded by its CIDEr-D against the image's references
 (cider.py, document frequencies from the training references):
 
@@ -15,14 +15,14 @@ on captions it samples itself, each rewarded by its CIDEr-D against the image's 
 The baseline is the mean of the other samples (Luo 2020, "a better variant of
 self-critical sequence training") rather than the original paper's greedy caption: one
 sampling pass per batch instead of a sampling and a greedy pass, and a caption only gains
-probability if it beats its siblings. K = ``training.self_critical_samples``.
+probability if it beats its siblings. K = ``self_critical.samples``.
 
-With ``training.self_critical_reward_end`` (default) a sample is scored with its end token
+With ``self_critical.reward_end`` (default) a sample is scored with its end token
 and every reference ends in one, as in the reference implementations: a caption that stops
 mid-phrase misses the n-grams that end the references.
 
 The phase runs on the frozen encoder's cached features only (no fine-tuning phase before
-it), for a fixed number of epochs at ``training.self_critical_learning_rate``. The
+it), for a fixed number of epochs at ``self_critical.learning_rate``. The
 cross-entropy loss that early stopping watches is not what this phase lowers, so the phase
 watches the CIDEr-D of greedy captions of the early-stopping images (validation.py's
 ``val_cider``) instead: phase 1's decoder is epoch 0, and the run's model is the epoch with
@@ -63,23 +63,24 @@ HISTORY_FILE = "self_critical_history.csv"  # in the run directory
 
 def check_self_critical(config: ExperimentConfig) -> None:
     """Refuses self-critical settings that cannot run as asked, before phase 1 spends any time."""
-    training = config.training
-    if training.self_critical_epochs < 0:
-        raise ConfigError(f"training.self_critical_epochs={training.self_critical_epochs} is negative")
-    if training.self_critical_epochs == 0:
+    self_critical = config.self_critical
+    runtime = config.runtime
+    if self_critical.epochs < 0:
+        raise ConfigError(f"self_critical.epochs={self_critical.epochs} is negative")
+    if self_critical.epochs == 0:
         return
     if not encoder_is_frozen(config.encoder) or config.encoder.fine_tune_layers:
-        raise ConfigError("training.self_critical_epochs trains the decoder on a frozen encoder's cached features; "
+        raise ConfigError("self_critical.epochs trains the decoder on a frozen encoder's cached features; "
                           f"encoder '{config.encoder.name}' here trains (or is fine-tuned). Use a pretrained, frozen "
-                          "encoder without encoder.fine_tune_layers, or set training.self_critical_epochs=0")
-    if training.self_critical_samples < 2:
-        raise ConfigError(f"training.self_critical_samples={training.self_critical_samples}: each caption's baseline is "
+                          "encoder without encoder.fine_tune_layers, or set self_critical.epochs=0")
+    if self_critical.samples < 2:
+        raise ConfigError(f"self_critical.samples={self_critical.samples}: each caption's baseline is "
                           "the mean reward of the image's other samples, so at least 2 are needed")
-    if training.self_critical_learning_rate <= 0:
-        raise ConfigError(f"training.self_critical_learning_rate={training.self_critical_learning_rate} must be positive")
-    if training.strategy != "default":
-        raise ConfigError(f"training.self_critical_epochs runs on one device; training.strategy is "
-                          f"'{training.strategy}' (set it to default)")
+    if self_critical.learning_rate <= 0:
+        raise ConfigError(f"self_critical.learning_rate={self_critical.learning_rate} must be positive")
+    if runtime.strategy != "default":
+        raise ConfigError(f"self_critical.epochs runs on one device; runtime.strategy is "
+                          f"'{runtime.strategy}' (set it to default)")
 
 
 END_WORD = "<end>"  # what a reference and an ended sample end with when rewarded with their end token
@@ -272,23 +273,25 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     """
     config = data.config
     training = config.training
+    self_critical = config.self_critical
+    runtime = config.runtime
     checkpoint = SelfCriticalCheckpoint(Path(run_dir) / CHECKPOINT_DIR / SELF_CRITICAL_DIR, Path(run_dir) / HISTORY_FILE)
     model = build_feature_model(config, data.vocabulary.size, feature_shape)
-    compile_model(model, training, learning_rate=training.self_critical_learning_rate)
+    compile_model(model, runtime, learning_rate=self_critical.learning_rate)
     model.optimizer.build(model.trainable_variables)
     epochs_done = checkpoint.restore(model)
     if epochs_done == 0:
         model.decoder.set_weights(phase_model.decoder.get_weights())
-    if epochs_done >= training.self_critical_epochs:
+    if epochs_done >= self_critical.epochs:
         checkpoint.restore_best(model)
         return model, checkpoint
-    print(f"self-critical phase: {training.self_critical_epochs - epochs_done} epoch(s) of "
-          f"{training.self_critical_samples} sampled captions per image, CIDEr-D reward, learning rate "
-          f"{training.self_critical_learning_rate}" + (f"; resuming after epoch {epochs_done}" if epochs_done else ""))
-    reward_end = training.self_critical_reward_end
+    print(f"self-critical phase: {self_critical.epochs - epochs_done} epoch(s) of "
+          f"{self_critical.samples} sampled captions per image, CIDEr-D reward, learning rate "
+          f"{self_critical.learning_rate}" + (f"; resuming after epoch {epochs_done}" if epochs_done else ""))
+    reward_end = self_critical.reward_end
     references = [[reference_text(caption, reward_end) for caption in example.captions]
                   for example in data.train_examples]
-    trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), training.self_critical_samples,
+    trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), self_critical.samples,
                                   config.decoder.max_length, seed=training.seed + epochs_done, reward_end=reward_end)
     train_features = features_for(data.train_examples, "train")  # (images, regions, channels)
     callback = validation_callback()
@@ -300,7 +303,7 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
             checkpoint.save_best(model, 0, start[CIDER_LOG_NAME])
             print(f"self-critical phase starts from validation CIDEr-D {start[CIDER_LOG_NAME]:.4f}")
     batch_size = training.batch_size
-    for epoch in range(epochs_done, training.self_critical_epochs):
+    for epoch in range(epochs_done, self_critical.epochs):
         started = time.time()
         order = np.random.default_rng(training.seed + epoch).permutation(len(train_features))
         progress = keras.utils.Progbar(len(order), unit_name="image", verbose=1 if verbose == "auto" else verbose)
