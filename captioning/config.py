@@ -284,14 +284,14 @@ class GenerationConfig:
 
 @dataclasses.dataclass
 class TrainingConfig:
-    # Phase 1 (and what every phase shares: the batches, the seed, early stopping, which
-    # images train and which report). 20 is an upper bound: `patience` usually stops a run
-    # first; experiments set it from their own learning curves.
+    # Phase 1's epochs (the fields below are shared by every phase: batches, seed, early
+    # stopping, which images train and which report). 20 is a ceiling: `patience` may stop a
+    # run sooner, and experiments set their own from their learning curves.
     epochs: int = 20
-    # Images per batch (each with its captions_per_image captions). 32 fits a 512 px conv
-    # stack in a few GB; under a runtime.strategy it is the global batch.
+    # Images per batch, each with its data.captions_per_image captions; under a
+    # runtime.strategy it is the global batch.
     batch_size: int = 32
-    # Adam's rate in phase 1; Adam's own default, which the decoders train well with.
+    # Adam's rate in phase 1: Keras' Adam default.
     learning_rate: float = 1e-3
     # Stop when the early-stopping loss has not improved for this many epochs (per phase).
     patience: int = 3
