@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from captioning.cli import import_tensorflow_quietly, positive_int
+from captioning.cli import import_tensorflow_quietly
 
 
 def parse_arguments(argv) -> argparse.Namespace:

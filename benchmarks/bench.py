@@ -259,7 +259,7 @@ def measure_cached_training(config, paths: list[str], work: Path, sizes: BenchSi
     for path in full_paths:
         reader(path)  # fills the image cache: the encoder alone should set the cost
     full_model = build_model(config, vocabulary.size)
-    compile_model(full_model, config.training)
+    compile_model(full_model, config.runtime, config.training.learning_rate)
     full_dataset = training_dataset(examples, vocabulary, reader, CAPTIONS_PER_IMAGE, length, batch,
                                     shuffle=False, seed=0)
     full_step = steady_step_seconds(full_model, full_dataset, sizes.full_steps)
@@ -270,7 +270,7 @@ def measure_cached_training(config, paths: list[str], work: Path, sizes: BenchSi
     tokens = caption_array(synthetic_examples(["unused"] * cached_images, sizes.vocabulary_words, seed=1),
                            vocabulary, CAPTIONS_PER_IMAGE, length)
     cached_model = build_feature_model(config, vocabulary.size, feature_shape)
-    compile_model(cached_model, config.training)
+    compile_model(cached_model, config.runtime, config.training.learning_rate)
     cached_dataset = feature_dataset(features, tokens, batch, shuffle=True, seed=0)
     cached_step = steady_step_seconds(cached_model, cached_dataset, sizes.cached_steps)
     captions_per_step = batch * CAPTIONS_PER_IMAGE
@@ -421,9 +421,9 @@ def memory_child(spec_path: str) -> None:
     features = np.load(spec["features"], mmap_mode="r", allow_pickle=False)  # (images, regions, channels)
     tokens = np.load(spec["tokens"], allow_pickle=False)  # (images, 5, length)
     dataset = feature_dataset(features, tokens, config.training.batch_size, shuffle=True, seed=0).repeat()
-    with precision_policy(config.training):
+    with precision_policy(config.runtime):
         model = build_feature_model(config, spec["vocab_size"], features.shape[1:])
-    compile_model(model, config.training)
+    compile_model(model, config.runtime, config.training.learning_rate)
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=spec["steps"], epochs=1, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start

@@ -154,9 +154,9 @@ def _rehearse(images: int, steps: int, warmup_steps: int, work: Path, max_shard_
     tokens = flickr8k_like_tokens(images, config.decoder.max_length, vocab_size)  # (images, 5, length)
 
     keras.utils.set_random_seed(config.training.seed)
-    with precision_policy(config.training):
+    with precision_policy(config.runtime):
         model = build_feature_model(config, vocab_size, FEATURE_SHAPE)
-    compile_model(model, config.training)
+    compile_model(model, config.runtime, config.training.learning_rate)
     dataset = feature_dataset(features, tokens, batch, shuffle=True, seed=config.training.seed).repeat()
     timer = step_end_timer()
     model.fit(dataset.take(warmup_steps + steps), steps_per_epoch=warmup_steps + steps, epochs=1, verbose=0,

@@ -103,7 +103,6 @@ def measure_decoder_epoch(name: str, work: Path, images: int, timed_steps: int, 
     """Seconds of one training epoch of decoder ``name`` over ``images`` synthetic images
     (module docstring), and for attention the step's FLOP rate."""
     import keras
-    import tensorflow as tf
 
     from benchmarks.measuring import random_features, step_end_timer
     from captioning.config import load_config
@@ -118,9 +117,9 @@ def measure_decoder_epoch(name: str, work: Path, images: int, timed_steps: int, 
     batch = config.training.batch_size
     batches = -(-images // batch)
     keras.utils.set_random_seed(0)
-    with precision_policy(config.training):
+    with precision_policy(config.runtime):
         model = build_feature_model(config, vocab_size, FEATURE_SHAPE)
-    compile_model(model, config.training)
+    compile_model(model, config.runtime, config.training.learning_rate)
 
     def first_batches():  # a new dataset's first iteration: the same seeded order every time
         return feature_dataset(features, tokens, batch, shuffle=True, seed=0).take(warmup_steps + timed_steps)

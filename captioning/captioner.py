@@ -65,7 +65,7 @@ class Captioner:
         if not weights_path.is_file():
             raise RunError(f"{run_dir}: no trained weights ({WEIGHTS_FILE}); is training finished?")
         vocabulary = Vocabulary.load(run_dir / VOCABULARY_FILE)
-        with precision_policy(config.training):  # a mixed-precision run also generates in float16
+        with precision_policy(config.runtime):  # a mixed-precision run also generates in float16
             model = build_model(config, vocabulary.size, load_pretrained=False)
         model.load_weights(weights_path)
         return cls(config, model, vocabulary)

@@ -14,6 +14,26 @@ Overrides use ``section.field=value`` (``decoder.units=256``); the value is pars
 (so ``[32, 64]``, ``true`` and ``"text"`` work) and falls back to a bare string.
 An unknown section or field, or a value of the wrong type, raises ``ConfigError`` naming
 the key and listing the valid ones.
+
+Sections, one per component that reads them (each receives its own, ``build_encoder(config.encoder)``):
+
+    [data] [images] [encoder] [decoder] [generation]   what is read, how it is encoded and decoded
+    [training]       phase 1 and what all phases share: epochs, batches, learning rate and its
+                     decay, patience, seed, which images train, stop early and report
+    [fine_tune]      phase 2 (with encoder.fine_tune_layers > 0): its epochs and learning rate
+    [self_critical]  the self-critical phase: epochs, learning rate, samples, reward_end
+    [runtime]        how a run uses the machine: mixed_precision, jit_compile, strategy,
+                     checkpoint_every_steps
+
+[fine_tune], [self_critical] and [runtime] were split out of [training]; the old keys
+(``training.fine_tune_epochs``, ``training.self_critical_samples``, ``training.strategy``,
+... the whole list is MOVED_KEYS) still load, in experiment files, overrides, run
+directories' config.toml and model files, at their new place and with a
+``ConfigMigrationWarning`` naming it (once per key). An old and a new key for the same
+setting, with different values, in one file or override are a ConfigError.
+
+Field comments say what a field does and why its default is what it is; measured scores
+and timings live in docs/results.md, to which they point.
 """
 
 from __future__ import annotations
@@ -22,11 +42,33 @@ import dataclasses
 import re
 import tomllib
 import typing
+import warnings
 from pathlib import Path
 
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+class ConfigMigrationWarning(FutureWarning):
+    """A config names a key by its old place (``training.fine_tune_epochs``); it loads at the new one."""
+
+
+# Old key -> new key, for files, overrides, run directories and model files written before the
+# [training] split. Keep the entries: a saved run or model file must load as long as it exists.
+MOVED_KEYS = {
+    "training.fine_tune_epochs": "fine_tune.epochs",
+    "training.fine_tune_learning_rate": "fine_tune.learning_rate",
+    "training.self_critical_epochs": "self_critical.epochs",
+    "training.self_critical_learning_rate": "self_critical.learning_rate",
+    "training.self_critical_samples": "self_critical.samples",
+    "training.self_critical_reward_end": "self_critical.reward_end",
+    "training.mixed_precision": "runtime.mixed_precision",
+    "training.jit_compile": "runtime.jit_compile",
+    "training.strategy": "runtime.strategy",
+    "training.checkpoint_every_steps": "runtime.checkpoint_every_steps",
+}
+_reported_moves: set[str] = set()  # old keys already reported in this process (one message per key)
 
 
 @dataclasses.dataclass
@@ -242,49 +284,24 @@ class GenerationConfig:
 
 @dataclasses.dataclass
 class TrainingConfig:
+    # Phase 1's epochs (the fields below are shared by every phase: batches, seed, early
+    # stopping, which images train and which report). 20 is a ceiling: `patience` may stop a
+    # run sooner, and experiments set their own from their learning curves.
     epochs: int = 20
+    # Images per batch, each with its data.captions_per_image captions; under a
+    # runtime.strategy it is the global batch.
     batch_size: int = 32
+    # Adam's rate in phase 1: Keras' Adam default.
     learning_rate: float = 1e-3
-    # Fine-tuning phase (encoder.fine_tune_layers > 0) only: its epochs, after the `epochs`
-    # of phase 1. A few: each costs a backward pass through the unfrozen layers for every
-    # image, and the phase stops early on its own `patience` like phase 1.
-    fine_tune_epochs: int = 5
-    # Fine-tuning phase only: Adam's learning rate, a hundredth of learning_rate (the Keras
-    # transfer-learning guide's 1e-5): large steps would wreck the pretrained filters whose
-    # features the decoder has just learned to read.
-    fine_tune_learning_rate: float = 1e-5
-    # Stop when validation loss has not improved for this many epochs.
+    # Stop when the early-stopping loss has not improved for this many epochs (per phase).
     patience: int = 3
     # Below 1: an epoch that does not improve the early-stopping loss (and does not end the
     # run) sends the model back to the best epoch's weights and multiplies the learning rate
     # by this factor, so training goes on from the best point in smaller steps instead of
     # wandering off it. 1 (default) keeps the rate fixed; 0.2 takes Adam's 1e-3 to 2e-4.
     learning_rate_decay: float = 1.0
-    # Self-critical sequence training (self_critical.py; Rennie et al. 2017): epochs after
-    # phase 1 in which the decoder samples self_critical_samples captions per image and
-    # learns from their CIDEr-D against the references, each caption's baseline being the
-    # mean reward of the image's other samples. 0 (default) skips the phase. Frozen
-    # encoders only (it trains on the cached features). With validation_bleu_images > 0 the
-    # run keeps the epoch (phase 1's decoder counting as epoch 0) whose greedy captions of
-    # the early-stopping images have the best CIDEr-D; otherwise the last.
-    self_critical_epochs: int = 0
-    # Adam's rate in that phase: small, since it starts from a trained decoder (Rennie et al.
-    # fine-tuned at 5e-5) and sampled-caption gradients are noisy.
-    self_critical_learning_rate: float = 5e-5
-    self_critical_samples: int = 5
-    # Score each sample with its end token, as the reference implementations do: the
-    # references end in "<end>" too, so a caption cut off mid-phrase ("a dog runs on the")
-    # misses the n-grams that end a real caption. Without it the captions shrank each epoch
-    # on Flickr8k and BLEU's brevity penalty grew (docs/results.md).
-    self_critical_reward_end: bool = True
     # Seeds Python, NumPy, TensorFlow and Keras so a run repeats.
     seed: int = 0
-    # Training steps between two mid-epoch checkpoints (checkpoints.py; 0: at epoch ends
-    # only), so a killed run loses at most about 5 minutes on 2 CPU cores (100 of the slowest
-    # step measured, Flickr8k from scratch on 224 px images; the cached-feature decoders lose
-    # far less, and the shapes model's epoch ends first), while a save costs about 1 % of
-    # 100 steps. The step and save times: docs/results.md.
-    checkpoint_every_steps: int = 100
     # Which images decide early stopping and the best epoch: "val", or "train_tail" (the
     # last holdout_images of the train split, held out from training) for a copy whose
     # only other split is the one being reported (the shared Flickr8k has train and dev).
@@ -308,27 +325,82 @@ class TrainingConfig:
     # Training steps between two measurements (plus one before the first step); 5 gives 25
     # points over a 125-step shapes epoch (4,000 images / 32) for a fifth more first-epoch time.
     gradient_norm_interval: int = 5
+
+
+@dataclasses.dataclass
+class FineTuneConfig:
+    """Phase 2, which runs only with encoder.fine_tune_layers > 0 (that field stays in [encoder]:
+    it says which backbone layers train). Encoder and decoder train together on images."""
+
+    # Phase 2's epochs, after the training.epochs of phase 1. A few: each costs a backward
+    # pass through the unfrozen layers for every image, and the phase stops early on
+    # training.patience like phase 1.
+    epochs: int = 5
+    # Adam's rate in phase 2, a hundredth of training.learning_rate (the Keras
+    # transfer-learning guide's 1e-5): large steps would wreck the pretrained filters whose
+    # features the decoder has just learned to read.
+    learning_rate: float = 1e-5
+
+
+@dataclasses.dataclass
+class SelfCriticalConfig:
+    """Self-critical sequence training (self_critical.py; Rennie et al. 2017), after phase 1."""
+
+    # Epochs in which the decoder samples `samples` captions per image and learns from their
+    # CIDEr-D against the references, each caption's baseline being the mean reward of the
+    # image's other samples. 0 (default) skips the phase: it is a fine-tuning of a trained
+    # decoder, not a way to train one. Frozen encoders only (it trains on the cached
+    # features). With training.validation_bleu_images > 0 the run keeps the epoch (phase
+    # 1's decoder counting as epoch 0) whose greedy captions of the early-stopping images
+    # have the best CIDEr-D; otherwise the last.
+    epochs: int = 0
+    # Adam's rate in this phase: small, since it starts from a trained decoder (Rennie et al.
+    # fine-tuned at 5e-5) and sampled-caption gradients are noisy.
+    learning_rate: float = 5e-5
+    # Captions sampled per image. At least 2 (the baseline is the others' mean); 5 matches
+    # the references per image, and each more sample is one more decoder row per step.
+    samples: int = 5
+    # Score each sample with its end token, as the reference implementations do: the
+    # references end in "<end>" too, so a caption cut off mid-phrase ("a dog runs on the")
+    # misses the n-grams that end a real caption. Without it the captions shrank each epoch
+    # on Flickr8k and BLEU's brevity penalty grew
+    # (docs/results.md#flickr8k-self-critical-epoch-after-the-decay-runs).
+    reward_end: bool = True
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """How training runs on the machine: precision, compilation, devices, checkpoints. None of
+    these changes what a run learns beyond rounding, but mixed_precision and jit_compile
+    change the rounding, so runs are only comparable with the same settings."""
+
     # Compute in float16, keep weights, logits and the loss in float32 (Keras policy
     # "mixed_float16", with dynamic loss scaling). Off by default: it pays only on GPUs with
-    # tensor cores; on CPU float16 is slower than float32 (so was bfloat16 on an AVX2 CPU
-    # without AVX512-BF16, docs/results.md), and the loss differs from a
-    # float32 run by rounding (1e-5 relative after five steps of the tiny test config, and
-    # more as training goes on), so runs are only comparable with the same setting.
+    # tensor cores; on CPU float16 is slower than float32 (and so was bfloat16 on an AVX2
+    # CPU without AVX512-BF16), and the loss differs from a float32 run by rounding, more
+    # as training goes on. Measured: docs/results.md#mixed-precision-xla-and-bfloat16-on-cpu.
     mixed_precision: bool = False
     # Compile the training step with XLA (model.compile(jit_compile=...)). Off by default:
     # on 2 CPU cores a Flickr8k-sized step was slower with it, after a long compile of each
-    # batch shape (docs/results.md); feature batches are trimmed to their
-    # longest caption, so there are many shapes; and Keras' "auto" would switch it on for
-    # GPUs only, making a run's numbers depend on the machine. Under XLA the decoders
-    # unroll their time loop and compute the output layer on every position (static shapes).
+    # batch shape (docs/results.md#mixed-precision-xla-and-bfloat16-on-cpu); feature batches
+    # are trimmed to their longest caption, so there are many shapes; and Keras' "auto" would
+    # switch it on for GPUs only, making a run's numbers depend on the machine. Under XLA the
+    # decoders unroll their time loop and compute the output layer on every position (static
+    # shapes).
     jit_compile: bool = False
     # How training is spread over devices (see distribution.py): "default" (one device),
     # "mirrored" (every GPU of this machine, or its logical CPU devices; synchronous
     # all-reduce), or "multi_worker" (MultiWorkerMirroredStrategy across the machines named
     # by the TF_CONFIG environment variable). Default: one device needs no set-up, and
-    # batch_size is then the batch of that device. Under a strategy, batch_size is the
-    # global batch, split evenly over the replicas.
+    # training.batch_size is then the batch of that device. Under a strategy,
+    # training.batch_size is the global batch, split evenly over the replicas.
     strategy: str = "default"
+    # Training steps between two mid-epoch checkpoints (checkpoints.py; 0: at epoch ends
+    # only). 100 bounds what a killed run loses to a few minutes even at the slowest step
+    # measured (Flickr8k from scratch on 2 CPU cores), while a save costs little next to the
+    # steps between two; the step and save times:
+    # docs/results.md#flickr8k-training-time-and-memory.
+    checkpoint_every_steps: int = 100
 
 
 @dataclasses.dataclass
@@ -340,6 +412,9 @@ class ExperimentConfig:
     decoder: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
+    self_critical: SelfCriticalConfig = dataclasses.field(default_factory=SelfCriticalConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
 
 SECTIONS = [field.name for field in dataclasses.fields(ExperimentConfig) if field.name != "name"]
@@ -379,8 +454,40 @@ def _apply_section(section_name: str, section, values: dict, source: str):
         setattr(section, field_name, _check_value(f"{source}: {key}", value, hints[field_name]))
 
 
+def migrate_values(values: dict, source: str) -> dict:
+    """``values`` with every key of MOVED_KEYS at its new place, and one ConfigMigrationWarning
+    line naming ``source`` and the new place of each old key it holds (each old key is named
+    once per process: a model file or many old runs would repeat them all). An old key and
+    its new key with different values in the same ``source`` are a ConfigError naming both."""
+    moved = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in values.items()}
+    renamed = []
+    for old_key, new_key in MOVED_KEYS.items():
+        old_section, old_field = old_key.split(".")
+        new_section, new_field = new_key.split(".")
+        fields = moved.get(old_section)
+        if not isinstance(fields, dict) or old_field not in fields:
+            continue
+        value = fields.pop(old_field)
+        target = moved.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # apply_values reports the malformed section
+        if new_field in target and target[new_field] != value:
+            raise ConfigError(f"{source}: {old_key} = {value!r} and {new_key} = {target[new_field]!r} name the same "
+                              f"setting ({old_key} is its old place); keep only {new_key}")
+        target.setdefault(new_field, value)
+        if old_key not in _reported_moves:
+            _reported_moves.add(old_key)
+            renamed.append(f"{old_key} is now {new_key}")
+    if renamed:
+        warnings.warn(f"{source}: loaded old keys at their new place ([training] was split): {', '.join(renamed)}",
+                      ConfigMigrationWarning, stacklevel=3)
+    return moved
+
+
 def apply_values(config: ExperimentConfig, values: dict, source: str) -> ExperimentConfig:
-    """Applies a nested dict ``{"section": {"field": value}}`` (and top-level ``name``)."""
+    """Applies a nested dict ``{"section": {"field": value}}`` (and top-level ``name``); keys
+    of MOVED_KEYS are applied at their new place (``migrate_values``)."""
+    values = migrate_values(values, source)
     for section_name, section_values in values.items():
         if section_name == "name":
             config.name = _check_value(f"{source}: name", section_values, str)
@@ -410,6 +517,7 @@ def parse_override(text: str) -> tuple[str, str, object]:
 
 
 def _is_text_field(section_name: str, field_name: str) -> bool:
+    section_name, field_name = MOVED_KEYS.get(f"{section_name}.{field_name}", f"{section_name}.{field_name}").split(".", 1)
     section_type = _section_types().get(section_name)
     return section_type is not None and typing.get_type_hints(section_type).get(field_name) is str
 

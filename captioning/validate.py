@@ -27,6 +27,7 @@ from captioning.config import (
     EncoderConfig,
     ExperimentConfig,
     ImagesConfig,
+    RuntimeConfig,
     TrainingConfig,
 )
 from captioning.data.datasets import DATASETS, SPLITS
@@ -37,7 +38,7 @@ from captioning.models.decoders import ATTENTION_PLACEMENTS, CELL_CLASSES, DECOD
 from captioning.models.encoders import ACTIVATIONS, build_encoder, check_encoder_name, encoder_is_frozen, is_pretrained
 from captioning.models.search import check_generation
 
-# The valid ``training.strategy`` values; distribution.py builds each.
+# The valid ``runtime.strategy`` values; distribution.py builds each.
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # The fields of [images] holding an augmentation factor; 0 turns that augmentation off.
 AUGMENT_FACTOR_FIELDS = ("augment_rotation", "augment_zoom", "augment_contrast")
@@ -52,6 +53,7 @@ def validate(config: ExperimentConfig) -> None:
     check_decoder(config.decoder)
     check_generation(config.generation)
     check_training(config.training)
+    check_runtime(config.runtime)
     # Settings of several sections that must agree.
     check_splits(config)
     check_augmentation(config)
@@ -138,8 +140,6 @@ def check_training(training: TrainingConfig) -> None:
         raise ConfigError(f"training.learning_rate={training.learning_rate} must be positive")
     check_at_least("training.patience", training.patience, 0)
     check_learning_rate_decay(training)
-    check_checkpointing(training)
-    check_strategy(training)
     check_choice("evaluation split", training.evaluation_split, "training.evaluation_split", SPLITS)
     for field in ("holdout_images", "max_train_images", "max_eval_images", "validation_bleu_images"):
         check_at_least(f"training.{field}", getattr(training, field), 0)
@@ -151,15 +151,20 @@ def check_learning_rate_decay(training: TrainingConfig) -> None:
                           "(1 keeps the learning rate fixed)")
 
 
-def check_checkpointing(training: TrainingConfig) -> None:
-    if training.checkpoint_every_steps < 0:
-        raise ConfigError(f"training.checkpoint_every_steps={training.checkpoint_every_steps} is negative "
+def check_runtime(runtime: RuntimeConfig) -> None:
+    check_checkpointing(runtime)
+    check_strategy(runtime)
+
+
+def check_checkpointing(runtime: RuntimeConfig) -> None:
+    if runtime.checkpoint_every_steps < 0:
+        raise ConfigError(f"runtime.checkpoint_every_steps={runtime.checkpoint_every_steps} is negative "
                           "(0 checkpoints at epoch ends only)")
 
 
-def check_strategy(training: TrainingConfig) -> None:
-    if training.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown training.strategy '{training.strategy}'; valid: {', '.join(STRATEGIES)}")
+def check_strategy(runtime: RuntimeConfig) -> None:
+    if runtime.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown runtime.strategy '{runtime.strategy}'; valid: {', '.join(STRATEGIES)}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,9 +201,9 @@ def check_gradient_logging(config: ExperimentConfig) -> None:
 
 def check_fine_tuning(config: ExperimentConfig) -> None:
     """Refuses fine-tuning settings that cannot run as asked, before phase 1 spends any time."""
-    encoder, training = config.encoder, config.training
-    if training.fine_tune_epochs < 0:
-        raise ConfigError(f"training.fine_tune_epochs={training.fine_tune_epochs} is negative")
+    encoder, fine_tune = config.encoder, config.fine_tune
+    if fine_tune.epochs < 0:
+        raise ConfigError(f"fine_tune.epochs={fine_tune.epochs} is negative")
     if not encoder.fine_tune_layers:
         return
     # Negative N, conv_stack, encoder.trainable / fine_tune_last_block, N above the backbone's
@@ -208,29 +213,30 @@ def check_fine_tuning(config: ExperimentConfig) -> None:
         raise ConfigError("encoder.fine_tune_layers needs pretrained weights (encoder.weights is none): phase 1's cached "
                           "features would come from one random backbone and phase 2 would build another; give "
                           "encoder.weights=imagenet or a weights file")
-    if training.fine_tune_epochs == 0:
+    if fine_tune.epochs == 0:
         raise ConfigError(f"encoder.fine_tune_layers={encoder.fine_tune_layers} asks for a fine-tuning phase but "
-                          "training.fine_tune_epochs is 0; give it epochs, or set encoder.fine_tune_layers=0")
-    if training.fine_tune_learning_rate <= 0:
-        raise ConfigError(f"training.fine_tune_learning_rate={training.fine_tune_learning_rate} must be positive")
+                          "fine_tune.epochs is 0; give it epochs, or set encoder.fine_tune_layers=0")
+    if fine_tune.learning_rate <= 0:
+        raise ConfigError(f"fine_tune.learning_rate={fine_tune.learning_rate} must be positive")
 
 
 def check_self_critical(config: ExperimentConfig) -> None:
     """Refuses self-critical settings that cannot run as asked, before phase 1 spends any time."""
-    training = config.training
-    if training.self_critical_epochs < 0:
-        raise ConfigError(f"training.self_critical_epochs={training.self_critical_epochs} is negative")
-    if training.self_critical_epochs == 0:
+    self_critical = config.self_critical
+    runtime = config.runtime
+    if self_critical.epochs < 0:
+        raise ConfigError(f"self_critical.epochs={self_critical.epochs} is negative")
+    if self_critical.epochs == 0:
         return
     if not encoder_is_frozen(config.encoder) or config.encoder.fine_tune_layers:
-        raise ConfigError("training.self_critical_epochs trains the decoder on a frozen encoder's cached features; "
+        raise ConfigError("self_critical.epochs trains the decoder on a frozen encoder's cached features; "
                           f"encoder '{config.encoder.name}' here trains (or is fine-tuned). Use a pretrained, frozen "
-                          "encoder without encoder.fine_tune_layers, or set training.self_critical_epochs=0")
-    if training.self_critical_samples < 2:
-        raise ConfigError(f"training.self_critical_samples={training.self_critical_samples}: each caption's baseline is "
+                          "encoder without encoder.fine_tune_layers, or set self_critical.epochs=0")
+    if self_critical.samples < 2:
+        raise ConfigError(f"self_critical.samples={self_critical.samples}: each caption's baseline is "
                           "the mean reward of the image's other samples, so at least 2 are needed")
-    if training.self_critical_learning_rate <= 0:
-        raise ConfigError(f"training.self_critical_learning_rate={training.self_critical_learning_rate} must be positive")
-    if training.strategy != "default":
-        raise ConfigError(f"training.self_critical_epochs runs on one device; training.strategy is "
-                          f"'{training.strategy}' (set it to default)")
+    if self_critical.learning_rate <= 0:
+        raise ConfigError(f"self_critical.learning_rate={self_critical.learning_rate} must be positive")
+    if runtime.strategy != "default":
+        raise ConfigError(f"self_critical.epochs runs on one device; runtime.strategy is "
+                          f"'{runtime.strategy}' (set it to default)")

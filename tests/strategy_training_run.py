@@ -64,17 +64,17 @@ def main() -> None:
         train_module.evaluate_run = lambda run_dir, facts: write_json(Path(run_dir) / "metrics.json", facts) or facts
 
     for strategy in arguments.strategies:
-        config = tiny_config(out_dir / "data", f"training.strategy={strategy}", *arguments.overrides)
+        config = tiny_config(out_dir / "data", f"runtime.strategy={strategy}", *arguments.overrides)
         run_dir = out_dir / strategy / "run"
         record = {}
 
-        def compile_and_record(model, training):  # the weights as built, before any step
+        def compile_and_record(model, runtime, learning_rate):  # the weights as built, before any step
             digest = hashlib.sha256()
             for weight in model.get_weights():
                 digest.update(np.ascontiguousarray(weight).tobytes())
             record.setdefault("initial_weights", digest.hexdigest())
             record["replicas"] = tf.distribute.get_strategy().num_replicas_in_sync
-            original_compile(model, training)
+            original_compile(model, runtime, learning_rate)
 
         train_module.compile_model = compile_and_record
         if arguments.interrupt and strategy != "default":
@@ -90,7 +90,7 @@ def main() -> None:
         state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
         record.update(history=state["history"], epochs_done=state["epochs_done"],
                       finished=(run_dir / "metrics.json").is_file())
-        worker = current_worker(config.training)
+        worker = current_worker(config.runtime)
         name = f"{strategy}-worker{worker.index}" if worker.count > 1 else strategy
         (out_dir / f"{name}.json").write_text(json.dumps(record))
 

@@ -206,8 +206,8 @@ def test_a_bad_value_in_the_last_file_fails_before_any_run_trains(tmp_path, monk
     last = write_experiment(tmp_path / "last.toml", tmp_path, "decoder.cell=gur")  # the right type, no such cell
     with pytest.raises(ConfigError, match=r"last\.toml \(seed 0\): unknown decoder cell 'gur' \(decoder.cell\)"):
         compare([first, last], tmp_path / "out", runs_root=tmp_path / "runs", seeds=[0, 1])
-    with pytest.raises(ConfigError, match=r"first\.toml: unknown training.strategy 'tpu'"):
-        compare([first, last], tmp_path / "out", runs_root=tmp_path / "runs", overrides=["training.strategy=tpu"])
+    with pytest.raises(ConfigError, match=r"first\.toml: unknown runtime.strategy 'tpu'"):
+        compare([first, last], tmp_path / "out", runs_root=tmp_path / "runs", overrides=["runtime.strategy=tpu"])
     assert trained == [] and not (tmp_path / "runs").exists()
 
 

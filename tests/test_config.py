@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import json
+import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
 import tomllib
 
+from captioning import config as config_module
 from captioning.config import (
+    MOVED_KEYS,
     SECTIONS,
     ConfigError,
+    ConfigMigrationWarning,
     DecoderConfig,
     ExperimentConfig,
+    apply_values,
     load_config,
     parse_override,
     to_dict,
     to_toml,
 )
 from captioning.validate import validate
+from captioning.runs import config_differences, load_run_config
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPOSITORY_ROOT / "experiments"
@@ -70,7 +78,8 @@ def test_default_lists_are_not_shared_between_configs():
 
 
 def test_every_section_is_listed():
-    assert SECTIONS == ["data", "images", "encoder", "decoder", "generation", "training"]
+    assert SECTIONS == ["data", "images", "encoder", "decoder", "generation", "training", "fine_tune", "self_critical",
+                        "runtime"]
 
 
 # ---- experiment files -----------------------------------------------------------------
@@ -406,10 +415,9 @@ def test_shipped_variant_changes_one_section_of_its_base_or_nothing(path):
     differences = section_differences(load_config(base), load_config(path))
     if "fine_tune_layers" in differences.get("encoder", ()):
         # Adding a fine-tuning phase is one change: the layers to unfreeze and that phase's
-        # training.fine_tune_* settings (flickr8k_mobilenet_finetune.toml).
-        differences = {"fine-tuning": {"fine_tune_*"}, **{
-            section: fields for section, fields in differences.items()
-            if not all(field.startswith("fine_tune_") for field in fields)}}
+        # [fine_tune] settings (flickr8k_mobilenet_finetune.toml).
+        differences = {"fine-tuning": {"fine_tune_layers", *differences.pop("fine_tune", ())}, **{
+            section: fields for section, fields in differences.items() if fields != {"fine_tune_layers"}}}
     assert len(differences) <= 1, f"{path.name} changes {differences} of {base.name}"
 
 
@@ -494,13 +502,13 @@ INVALID_VALUES = [
     ("generation.top_p=0", r"generation.top_p must be above 0 and at most 1, got 0"),
     ("training.batch_size=0", r"training.batch_size=0 must be at least 1"),
     ("training.learning_rate_decay=0", r"training.learning_rate_decay=0.0 must be above 0 and at most 1"),
-    ("training.checkpoint_every_steps=-1", r"training.checkpoint_every_steps=-1 is negative"),
-    ("training.strategy=tpu", r"unknown training.strategy 'tpu'; valid: default, mirrored, multi_worker"),
+    ("runtime.checkpoint_every_steps=-1", r"runtime.checkpoint_every_steps=-1 is negative"),
+    ("runtime.strategy=tpu", r"unknown runtime.strategy 'tpu'; valid: default, mirrored, multi_worker"),
     ("training.early_stopping_split=dev", r"unknown training.early_stopping_split 'dev'; valid: val, train_tail"),
     ("training.evaluation_split=tset", r"unknown evaluation split 'tset' \(training.evaluation_split\); valid: train"),
     ("training.gradient_norm_interval=0", r"training.gradient_norm_interval=0 must be at least 1"),
-    ("training.self_critical_epochs=-1", r"training.self_critical_epochs=-1 is negative"),
-    ("training.fine_tune_epochs=-1", r"training.fine_tune_epochs=-1 is negative"),
+    ("self_critical.epochs=-1", r"self_critical.epochs=-1 is negative"),
+    ("fine_tune.epochs=-1", r"fine_tune.epochs=-1 is negative"),
 ]
 
 
@@ -525,7 +533,7 @@ def test_validate_checks_a_decoders_own_fields_only_when_it_is_chosen():
 @pytest.mark.parametrize("overrides, message", [
     (["images.augment=true", "encoder.name=vgg16"], r"images.augment needs the encoder to see each augmented image"),
     (["training.log_gradient_norms=true", "encoder.name=mobilenet"], r"training.log_gradient_norms measures"),
-    (["training.self_critical_epochs=1"], r"encoder 'conv_stack' here trains"),
+    (["self_critical.epochs=1"], r"encoder 'conv_stack' here trains"),
     (["training.evaluation_split=val"], r"the 'val' split chose this run's best epoch"),
 ], ids=["augment-frozen", "gradients-frozen", "self-critical-trains", "evaluation-is-stopping-split"])
 def test_validate_refuses_settings_of_two_sections_that_cannot_run_together(overrides, message):
@@ -538,3 +546,171 @@ def test_validate_imports_nothing_above_config_data_and_models():
     source = (REPOSITORY_ROOT / "captioning" / "validate.py").read_text()
     imported = re.findall(r"^\s*from (captioning[.\w]*) import", source, flags=re.MULTILINE)
     assert imported and all(re.match(r"captioning\.(config|data|models)\b", module) for module in imported), imported
+# ---- keys moved out of [training] -------------------------------------------------------
+
+# An old key, a value of its type that is not the default, and where it lands.
+MOVED_VALUES = {
+    "training.fine_tune_epochs": 3,
+    "training.fine_tune_learning_rate": 0.003,
+    "training.self_critical_epochs": 2,
+    "training.self_critical_learning_rate": 0.0001,
+    "training.self_critical_samples": 4,
+    "training.self_critical_reward_end": False,
+    "training.mixed_precision": True,
+    "training.jit_compile": True,
+    "training.strategy": "mirrored",
+    "training.checkpoint_every_steps": 7,
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_migration_messages(monkeypatch):
+    """Each test sees the once-per-process migration messages afresh."""
+    monkeypatch.setattr(config_module, "_reported_moves", set())
+
+
+def value_at(config: ExperimentConfig, key: str):
+    section, field = key.split(".")
+    return getattr(getattr(config, section), field)
+
+
+def toml_text(value) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def test_every_moved_key_is_tested_and_names_an_existing_field():
+    assert set(MOVED_VALUES) == set(MOVED_KEYS)
+    for old_key, new_key in MOVED_KEYS.items():
+        assert value_at(ExperimentConfig(), new_key) != MOVED_VALUES[old_key], f"{old_key}'s test value is the default"
+
+
+@pytest.mark.parametrize("old_key", sorted(MOVED_KEYS))
+def test_old_key_in_an_override_loads_at_its_new_place_with_a_message(old_key):
+    new_key = MOVED_KEYS[old_key]
+    value = MOVED_VALUES[old_key]
+    with pytest.warns(ConfigMigrationWarning, match=rf"{old_key} is now {new_key}"):
+        config = load_config(None, [f"{old_key}={toml_text(value)}"])
+    assert value_at(config, new_key) == value
+    assert config == load_config(None, [f"{new_key}={toml_text(value)}"])
+
+
+@pytest.mark.parametrize("old_key", sorted(MOVED_KEYS))
+def test_old_key_in_an_experiment_file_loads_at_its_new_place_naming_the_file(old_key, tmp_path):
+    new_key = MOVED_KEYS[old_key]
+    field = old_key.split(".")[1]
+    path = write_experiment(tmp_path, f"[training]\nepochs = 4\n{field} = {toml_text(MOVED_VALUES[old_key])}\n")
+    with pytest.warns(ConfigMigrationWarning) as caught:
+        config = load_config(path)
+    messages = [str(warning.message) for warning in caught if warning.category is ConfigMigrationWarning]
+    assert len(messages) == 1 and str(path) in messages[0] and new_key in messages[0]
+    assert value_at(config, new_key) == MOVED_VALUES[old_key]
+    assert config.training.epochs == 4
+
+
+def test_old_key_in_a_base_file_loads_and_the_file_may_override_it_at_the_new_place(tmp_path):
+    write_experiment(tmp_path, "[training]\nself_critical_epochs = 3\nself_critical_samples = 4\n", name="base")
+    path = write_experiment(tmp_path, 'base = "base.toml"\n[self_critical]\nepochs = 1\n')
+    with pytest.warns(ConfigMigrationWarning, match="base.toml"):
+        config = load_config(path)
+    assert (config.self_critical.epochs, config.self_critical.samples) == (1, 4)
+
+
+def test_an_old_key_is_reported_once_per_process_and_a_source_in_one_line(tmp_path):
+    path = write_experiment(tmp_path, "[training]\nstrategy = \"mirrored\"\nfine_tune_epochs = 2\n")
+    with pytest.warns(ConfigMigrationWarning) as caught:
+        load_config(path)
+        load_config(path, ["training.jit_compile=true"])
+    messages = [str(warning.message) for warning in caught]
+    assert messages == [f"{path}: loaded old keys at their new place ([training] was split): "
+                        "training.fine_tune_epochs is now fine_tune.epochs, training.strategy is now runtime.strategy",
+                        "override 'training.jit_compile=true': loaded old keys at their new place ([training] was "
+                        "split): training.jit_compile is now runtime.jit_compile"]
+
+
+def test_old_and_new_key_with_different_values_are_an_error_naming_both(tmp_path):
+    path = write_experiment(tmp_path, "[training]\nfine_tune_epochs = 3\n[fine_tune]\nepochs = 4\n")
+    with pytest.raises(ConfigError, match=r"experiment\.toml: training\.fine_tune_epochs = 3 and fine_tune\.epochs = 4"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"training\.strategy = 'mirrored' and runtime\.strategy = 'default'"):
+        apply_values(ExperimentConfig(), {"training": {"strategy": "mirrored"}, "runtime": {"strategy": "default"}},
+                     source="the model file's config")
+
+
+def test_old_and_new_key_with_the_same_value_load(tmp_path):
+    path = write_experiment(tmp_path, "[training]\nfine_tune_epochs = 3\n[fine_tune]\nepochs = 3\n")
+    with pytest.warns(ConfigMigrationWarning):
+        assert load_config(path).fine_tune.epochs == 3
+
+
+def test_an_old_key_with_a_value_of_the_wrong_type_names_the_new_key():
+    with pytest.warns(ConfigMigrationWarning), pytest.raises(ConfigError, match=r"self_critical\.samples: expected an integer"):
+        load_config(None, ["training.self_critical_samples=true"])
+
+
+def test_an_old_text_field_override_stays_text():
+    with pytest.warns(ConfigMigrationWarning):
+        assert load_config(None, ["training.strategy=2024"]).runtime.strategy == "2024"  # then build_strategy refuses it
+
+
+def old_training_section(config: ExperimentConfig) -> dict:
+    """``config``'s [training] as config.py wrote it before the split: the moved fields inside it."""
+    values = to_dict(config)
+    training = dict(values["training"])
+    for old_key, new_key in MOVED_KEYS.items():
+        section, field = new_key.split(".")
+        training[old_key.split(".")[1]] = values[section][field]
+    return training
+
+
+def test_an_old_run_directory_config_loads_to_the_same_config(tmp_path):
+    """A run written before the split (its config.toml has the old [training]) resumes: its saved
+    config equals the same config resolved now, so config_differences finds nothing."""
+    config = load_config(EXPERIMENTS / "flickr8k_mobilenet_attention_decay_scst.toml", ["runtime.checkpoint_every_steps=7"])
+    values = to_dict(config)
+    lines = [f"name = {json.dumps(values.pop('name'))}", "", "[training]"]
+    lines += [f"{field} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"
+              for field, value in old_training_section(config).items()]
+    for section in ["data", "images", "encoder", "decoder", "generation"]:
+        lines += ["", f"[{section}]"] + [f"{field} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"
+                                         for field, value in values[section].items()]
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text("\n".join(lines) + "\n")
+    with pytest.warns(ConfigMigrationWarning):
+        saved = load_run_config(run_dir)
+    assert to_dict(saved) == to_dict(config)
+    assert config_differences(saved, config) == []
+    assert (saved.self_critical.epochs, saved.runtime.checkpoint_every_steps) == (1, 7)
+
+
+def test_a_model_file_config_with_the_old_training_keys_loads():
+    """models/flickr8k.keras stores its config as a plain dict with the old [training] keys;
+    PackagedCaptioner rebuilds from it through apply_values."""
+    model_path = REPOSITORY_ROOT / "models" / "flickr8k.keras"
+    if not model_path.is_file():
+        pytest.skip(f"{model_path} is missing")
+    with zipfile.ZipFile(model_path) as archive:
+        experiment = json.loads(archive.read("config.json"))["config"]["experiment"]
+    assert "self_critical_epochs" in experiment["training"], "the shipped model was re-exported: test the old dict below"
+    with pytest.warns(ConfigMigrationWarning):
+        config = apply_values(ExperimentConfig(), experiment, source="the model file's config")
+    assert config.self_critical.epochs == experiment["training"]["self_critical_epochs"]
+    assert config.runtime.mixed_precision == experiment["training"]["mixed_precision"]
+    assert config.training.epochs == experiment["training"]["epochs"]
+
+
+def test_a_dict_with_the_old_training_keys_loads_like_the_new_one():
+    config = load_config(None, ["fine_tune.epochs=2", "runtime.strategy=mirrored", "self_critical.reward_end=false"])
+    old = {section: fields for section, fields in to_dict(config).items() if section not in ("fine_tune", "self_critical",
+                                                                                               "runtime")}
+    old["training"] = old_training_section(config)
+    with pytest.warns(ConfigMigrationWarning):
+        assert apply_values(ExperimentConfig(), old, source="the model file's config") == config
+
+
+@pytest.mark.parametrize("path", SHIPPED_EXPERIMENTS, ids=SHIPPED_IDS)
+def test_shipped_experiment_uses_no_moved_key(path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_config(path)
+    assert [str(warning.message) for warning in caught if warning.category is ConfigMigrationWarning] == []

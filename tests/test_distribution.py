@@ -1,4 +1,4 @@
-"""training.strategy: worker identity from TF_CONFIG, feature-cache sharding, and mirrored
+"""runtime.strategy: worker identity from TF_CONFIG, feature-cache sharding, and mirrored
 training on two logical CPU devices matching one device."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from captioning.config import ConfigError, EncoderConfig, ImagesConfig, TrainingConfig
+from captioning.config import ConfigError, EncoderConfig, ImagesConfig, RuntimeConfig
 from captioning.data.datasets import load_split
 from captioning.training.distribution import Worker, build_strategy, shard_bounds, worker_from_tf_config
 from captioning.training.features import MANIFEST_FILE, FeatureCache, FeatureCacheError
@@ -87,11 +87,11 @@ def test_shard_of_a_worker_outside_the_cluster_is_refused():
 
 def test_an_unknown_strategy_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="default, mirrored, multi_worker"):
-        build_strategy(TrainingConfig(strategy="parameter_server"))
+        build_strategy(RuntimeConfig(strategy="parameter_server"))
 
 
 def test_the_default_strategy_is_one_replica():
-    assert build_strategy(TrainingConfig()).num_replicas_in_sync == 1
+    assert build_strategy(RuntimeConfig()).num_replicas_in_sync == 1
 
 
 # ---------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ def test_token_loss_equals_the_masked_loss_over_every_position(tmp_path, decoder
     """Known answer: the output layer on the real tokens alone gives the loss of the full
     logits with padding masked (Keras' ignore_class), plus the attention penalty."""
     keras.utils.set_random_seed(0)
-    config = tiny_config(tmp_path, f"decoder.name={decoder}", f"training.jit_compile={str(jit_compile).lower()}")
+    config = tiny_config(tmp_path, f"decoder.name={decoder}", f"runtime.jit_compile={str(jit_compile).lower()}")
     model = build_feature_model(config, VOCAB_SIZE, (4, 8))
-    compile_model(model, config.training)
+    compile_model(model, config.runtime, config.training.learning_rate)
     tokens = padded_captions(2)
     inputs = {"features": np.random.default_rng(1).normal(size=(2, 4, 8)).astype("float32"),
               "captions": tokens[:, :, :-1]}

@@ -58,7 +58,7 @@ def mobilenet_weights(tmp_path_factory):
 def fine_tune_config(root, weights_path, *extra):
     return tiny_config(root, "encoder.name=mobilenet", "encoder.alpha=0.25", f"encoder.weights={weights_path}",
                        f"images.feature_cache_dir={root / 'features'}", f"encoder.fine_tune_layers={TOP_LAYERS}",
-                       "training.fine_tune_epochs=2", "training.fine_tune_learning_rate=0.003",
+                       "fine_tune.epochs=2", "fine_tune.learning_rate=0.003",
                        "data.shapes_train_size=16", *extra)
 
 
@@ -149,7 +149,7 @@ def test_metrics_record_both_phases(fine_tuned_run):
     assert (first["phase"], first["epochs"], first["first_epoch"]) == (1, 2, 1)
     assert (second["phase"], second["epochs"], second["first_epoch"]) == (2, 2, 3)
     assert first["learning_rate"] == config.training.learning_rate
-    assert second["learning_rate"] == config.training.fine_tune_learning_rate
+    assert second["learning_rate"] == config.fine_tune.learning_rate
     assert first["training_seconds"] > 0 and second["training_seconds"] > 0
     assert metrics["epochs"] == 4
     assert metrics["training_seconds"] == pytest.approx(first["training_seconds"] + second["training_seconds"], abs=0.11)
@@ -160,7 +160,7 @@ def test_metrics_record_both_phases(fine_tuned_run):
 
 
 def test_an_interrupted_phase_one_resumes_in_phase_one(tmp_path, monkeypatch, mobilenet_weights):
-    config = fine_tune_config(tmp_path, mobilenet_weights, "training.fine_tune_epochs=1")
+    config = fine_tune_config(tmp_path, mobilenet_weights, "fine_tune.epochs=1")
     run_dir = tmp_path / "run"
     original_on_epoch_end = TrainingCheckpoint.on_epoch_end
     monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", interrupt_after(1))
@@ -181,9 +181,9 @@ def test_an_interrupted_phase_one_resumes_in_phase_one(tmp_path, monkeypatch, mo
     (["encoder.name=conv_stack"], r"conv_stack always trains end to end"),
     (["encoder.trainable=true"], r"cannot be combined with encoder.trainable"),
     (["encoder.weights=none"], r"needs pretrained weights"),
-    (["training.fine_tune_epochs=0"], r"training.fine_tune_epochs is 0"),
-    (["training.fine_tune_epochs=-2", "encoder.fine_tune_layers=0"], r"training.fine_tune_epochs=-2 is negative"),
-    (["training.fine_tune_learning_rate=0.0"], r"fine_tune_learning_rate=0.0 must be positive"),
+    (["fine_tune.epochs=0"], r"fine_tune.epochs is 0"),
+    (["fine_tune.epochs=-2", "encoder.fine_tune_layers=0"], r"fine_tune.epochs=-2 is negative"),
+    (["fine_tune.learning_rate=0.0"], r"fine_tune.learning_rate=0.0 must be positive"),
 ])
 def test_impossible_fine_tuning_settings_are_refused_before_training(tmp_path, mobilenet_weights, overrides, message):
     config = fine_tune_config(tmp_path, mobilenet_weights, *overrides)

@@ -1,4 +1,4 @@
-"""training.mixed_precision and training.jit_compile: the loss after a few steps matches the
+"""runtime.mixed_precision and runtime.jit_compile: the loss after a few steps matches the
 default float32, non-XLA training; a mixed-precision run still generates, resumes and captions."""
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def losses_after_steps(data_root, *overrides):
     config = tiny_config(data_root, "decoder.dropout=0.0", *overrides)
     inputs, targets, vocabulary = one_batch(config)
     keras.utils.set_random_seed(0)
-    with precision_policy(config.training):
+    with precision_policy(config.runtime):
         model = build_model(config, vocabulary.size)
-    compile_model(model, config.training)
+    compile_model(model, config.runtime, config.training.learning_rate)
     losses = np.array([float(model.train_on_batch(inputs, targets)) for _ in range(STEPS)])
     return losses, model, inputs
 
@@ -82,7 +82,7 @@ def trained(tiny_data_root):
 ])
 def test_xla_training_matches_the_default(trained, decoder_name):
     default, _, _ = trained(decoder_name)
-    compiled, model, _ = trained(decoder_name, "training.jit_compile=true")
+    compiled, model, _ = trained(decoder_name, "runtime.jit_compile=true")
     assert model.jit_compile is True
     assert default[-1] < default[0]  # it really trained
     np.testing.assert_allclose(compiled, default, rtol=XLA_RELATIVE_TOLERANCE)
@@ -91,7 +91,7 @@ def test_xla_training_matches_the_default(trained, decoder_name):
 @pytest.mark.parametrize("decoder_name", list(DECODERS))
 def test_mixed_precision_training_matches_float32(trained, decoder_name):
     default, _, _ = trained(decoder_name)
-    mixed, model, inputs = trained(decoder_name, "training.mixed_precision=true")
+    mixed, model, inputs = trained(decoder_name, "runtime.mixed_precision=true")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.decoder.compute_dtype == "float16"
     assert {weight.dtype for weight in model.weights} == {"float32"}  # weights stay float32
@@ -106,7 +106,7 @@ def test_mixed_precision_training_matches_float32(trained, decoder_name):
 def test_mixed_precision_generation_matches_float32_weights(trained, tiny_data_root, decoder_name, sampler):
     """The same weights in a float16 model generate valid captions, and the first generated
     word (where float16 rounding has had one step to matter) mostly agrees."""
-    _, mixed, inputs = trained(decoder_name, "training.mixed_precision=true")
+    _, mixed, inputs = trained(decoder_name, "runtime.mixed_precision=true")
     config = tiny_config(tiny_data_root, *DECODERS[decoder_name])
     full_precision = build_model(config, mixed.decoder.vocab_size)
     full_precision.set_weights(mixed.get_weights())
@@ -122,7 +122,7 @@ def test_mixed_precision_generation_matches_float32_weights(trained, tiny_data_r
 
 
 def test_a_mixed_precision_run_resumes_and_captions(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path, "training.mixed_precision=true", "data.shapes_train_size=16")
+    config = tiny_config(tmp_path, "runtime.mixed_precision=true", "data.shapes_train_size=16")
     run_dir = tmp_path / "run"
     original_on_epoch_end = TrainingCheckpoint.on_epoch_end
     monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", interrupt_after(1))

@@ -40,7 +40,7 @@ OVERRIDES = [
     "decoder.embedding_dim=16", "decoder.units=32", "decoder.max_length=22",
     f"data.shapes_train_size={TRAIN_IMAGES}", "data.shapes_val_size=8", "data.shapes_test_size=8",
     "data.shapes_image_size=48", f"training.epochs={EPOCHS}", f"training.batch_size={BATCH_SIZE}",
-    "training.validation_bleu_images=0", "training.checkpoint_every_steps=2",
+    "training.validation_bleu_images=0", "runtime.checkpoint_every_steps=2",
 ]
 
 
@@ -142,7 +142,7 @@ def test_a_negative_checkpoint_interval_is_refused(tmp_path):
     from captioning.training.loop import train
 
     with pytest.raises(ConfigError, match="checkpoint_every_steps=-1"):
-        train(tiny_config(tmp_path, "training.checkpoint_every_steps=-1"), tmp_path / "run", verbose=0)
+        train(tiny_config(tmp_path, "runtime.checkpoint_every_steps=-1"), tmp_path / "run", verbose=0)
 
 
 def test_an_epochs_feature_batches_depend_on_the_seed_and_epoch_and_skip_whole_batches():

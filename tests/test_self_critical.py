@@ -114,12 +114,12 @@ def test_policy_gradient_loss_weights_log_probabilities_by_advantage_over_real_t
 
 def test_self_critical_settings_that_cannot_run_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="frozen encoder"):
-        check_self_critical(tiny_config(tmp_path, "training.self_critical_epochs=1"))  # conv_stack trains
-    frozen = ["encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none", "training.self_critical_epochs=1"]
+        check_self_critical(tiny_config(tmp_path, "self_critical.epochs=1"))  # conv_stack trains
+    frozen = ["encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none", "self_critical.epochs=1"]
     with pytest.raises(ConfigError, match="at least 2"):
-        check_self_critical(tiny_config(tmp_path, *frozen, "training.self_critical_samples=1"))
+        check_self_critical(tiny_config(tmp_path, *frozen, "self_critical.samples=1"))
     with pytest.raises(ConfigError, match="must be positive"):
-        check_self_critical(tiny_config(tmp_path, *frozen, "training.self_critical_learning_rate=0"))
+        check_self_critical(tiny_config(tmp_path, *frozen, "self_critical.learning_rate=0"))
     check_self_critical(tiny_config(tmp_path, *frozen))
 
 
@@ -134,7 +134,7 @@ def test_self_critical_steps_raise_the_reward_of_sampled_captions(tmp_path, deco
     references = [["red circle"] * 3, ["blue square"] * 3]  # the corpus: two kinds of image
     config = tiny_config(tmp_path, *decoder, "decoder.max_length=6", "decoder.dropout=0")
     model = build_feature_model(config, vocabulary.size, (4, 8))
-    compile_model(model, config.training, learning_rate=0.01)
+    compile_model(model, config.runtime, learning_rate=0.01)
     model.optimizer.build(model.trainable_variables)
     trainer = SelfCriticalTrainer(model, vocabulary, CiderD(references), samples=8, max_length=6, seed=3)
     features = np.random.default_rng(0).normal(size=(8, 4, 8)).astype(np.float32)
@@ -194,8 +194,8 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
     from captioning.training.loop import frozen_feature_shape, train
 
     config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
-                         "decoder.name=attention", "training.epochs=1", "training.self_critical_epochs=2",
-                         "training.self_critical_samples=2", f"images.feature_cache_dir={tmp_path / 'features'}",
+                         "decoder.name=attention", "training.epochs=1", "self_critical.epochs=2",
+                         "self_critical.samples=2", f"images.feature_cache_dir={tmp_path / 'features'}",
                          "training.validation_bleu_images=8")
     run_dir = tmp_path / "runs" / "scst"
     real_save = self_critical_module.SelfCriticalCheckpoint.save
@@ -229,7 +229,7 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
     def checkpoint_decoder(weights_file):  # as train_self_critical restores one
         model = build_feature_model(config, Vocabulary.load(run_dir / "vocabulary.json").size,
                                     frozen_feature_shape(config))
-        compile_model(model, config.training)
+        compile_model(model, config.runtime, config.training.learning_rate)
         model.optimizer.build(model.trainable_variables)
         model.load_weights(run_dir / "checkpoint" / "self_critical" / weights_file)
         return model.decoder.get_weights()

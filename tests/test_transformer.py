@@ -109,7 +109,7 @@ def test_the_transformer_learns_captions_from_the_features(tmp_path):
     features, captions = class_data(256)
     tokens = vocabulary.encode_batch(captions, 10)[:, None, :]  # (images, 1, length)
     model = build_feature_model(config, vocabulary.size, features.shape[1:])
-    compile_model(model, config.training)
+    compile_model(model, config.runtime, config.training.learning_rate)
     model.fit(feature_dataset(features, tokens, 32, shuffle=True, seed=0).repeat(), steps_per_epoch=60, epochs=1,
               verbose=0)
     test_features, test_captions = class_data(40, seed=1)

@@ -39,7 +39,7 @@ from captioning.captioner import Captioner, load
 from captioning.config import ConfigError
 from captioning.data.images import ImageLoadError, read_rgb_bytes
 from captioning.plots.attention import upsample
-from captioning.runs import RunError, latest_run
+from captioning.runs import latest_run
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # `make export`'s one-file model; the demo's default when it exists (else the newest run).

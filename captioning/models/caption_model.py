@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras import ops, tree
 from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
 
-from captioning.config import ExperimentConfig, TrainingConfig
+from captioning.config import ExperimentConfig, RuntimeConfig
 from captioning.data.vocabulary import PAD_ID
 from captioning.models.decoders import build_decoder
 from captioning.models.encoders import build_encoder
@@ -174,13 +174,13 @@ def masked_loss() -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
 
 
-def compile_model(model: CaptionModel, training: TrainingConfig, learning_rate: float | None = None) -> None:
-    """Adam with gradient clipping and the masked loss; XLA if ``training.jit_compile``.
-    learning_rate: ``training.learning_rate`` if None (a fine-tuning phase gives its own).
+def compile_model(model: CaptionModel, runtime: RuntimeConfig, learning_rate: float) -> None:
+    """Adam with gradient clipping and the masked loss; XLA if ``runtime.jit_compile``.
+    learning_rate: Adam's rate, the phase's own (training.learning_rate, fine_tune.learning_rate, ...).
 
     Under mixed precision Keras wraps the optimizer in a LossScaleOptimizer here (the
     model's dtype policy was set when it was built, see precision.py).
     """
-    model.decoder.unroll = training.jit_compile  # XLA differentiates only an unrolled time loop
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate or training.learning_rate, clipnorm=5.0), loss=masked_loss(),
-                  jit_compile=training.jit_compile)
+    model.decoder.unroll = runtime.jit_compile  # XLA differentiates only an unrolled time loop
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss=masked_loss(),
+                  jit_compile=runtime.jit_compile)

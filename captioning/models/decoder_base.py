@@ -125,7 +125,7 @@ def over_time(step, carry, time_major, unroll=False):
     A graph loop (scan) by default: it was faster than the unrolled steps on CPU (0.63
     against 0.85 s a Flickr8k-sized rnn step) and takes batches trimmed to their longest
     caption, whose length is known only at run time. ``unroll`` (a length known when
-    tracing) is for XLA (training.jit_compile), which cannot differentiate scan's while
+    tracing) is for XLA (runtime.jit_compile), which cannot differentiate scan's while
     loop: it has no maximum iteration count.
     """
     length = tree.flatten(time_major)[0].shape[0]

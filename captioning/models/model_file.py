@@ -56,7 +56,7 @@ class PackagedCaptioner(keras.Model):
         self.vocab_size = vocab_size
         self.tokens = None if tokens is None else list(tokens)
         config = self.experiment_config()
-        with precision_policy(config.training):  # a mixed-precision run also generates in float16
+        with precision_policy(config.runtime):  # a mixed-precision run also generates in float16
             self.caption_model = build_model(config, vocab_size, load_pretrained=False)
         self.built = True  # every weight exists now (build_model ran the model on a dummy batch)
 

@@ -12,7 +12,7 @@ With ``learning_rate_decay`` below 1, an epoch that does not improve the early-s
 also sends the model back to the best weights and multiplies Adam's learning rate by the
 factor (step decay on plateau); the state records the rate, so a resumed run keeps it.
 
-Mid-epoch checkpoints (``every_steps`` > 0, training.checkpoint_every_steps): every that many
+Mid-epoch checkpoints (``every_steps`` > 0, runtime.checkpoint_every_steps): every that many
 steps of an epoch, the weights (model + optimizer slots) go to
 ``epoch-<e>-step-<s>.weights.h5`` and the state's ``mid_epoch`` records the epoch, the steps
 done in it, the loss tracker's running sums, the dropout generators' states and the state of

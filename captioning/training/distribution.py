@@ -1,6 +1,6 @@
-"""Training on several devices or machines: the ``training.strategy`` switch.
+"""Training on several devices or machines: the ``runtime.strategy`` switch.
 
-    strategy = build_strategy(config.training)   # before any other TensorFlow work
+    strategy = build_strategy(config.runtime)   # before any other TensorFlow work
     with strategy.scope():
         model = build_model(...); model.compile(...); model.fit(...)
 
@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 
-from captioning.config import ConfigError, TrainingConfig
+from captioning.config import ConfigError, RuntimeConfig
 from captioning.validate import check_strategy
 
 
@@ -70,9 +70,9 @@ def worker_from_tf_config(text: str | None) -> Worker:
     return Worker(index=index, count=tasks)
 
 
-def current_worker(training: TrainingConfig) -> Worker:
+def current_worker(runtime: RuntimeConfig) -> Worker:
     """This process's Worker: from TF_CONFIG under "multi_worker", the only worker otherwise."""
-    if training.strategy != "multi_worker":
+    if runtime.strategy != "multi_worker":
         return Worker()
     return worker_from_tf_config(os.environ.get("TF_CONFIG"))
 
@@ -90,15 +90,15 @@ def shard_bounds(total: int, worker: Worker) -> tuple[int, int]:
     return start, start + base + (1 if worker.index < extra else 0)
 
 
-def build_strategy(training: TrainingConfig):
-    """The tf.distribute strategy ``training.strategy`` names."""
-    check_strategy(training)
+def build_strategy(runtime: RuntimeConfig):
+    """The tf.distribute strategy ``runtime.strategy`` names."""
+    check_strategy(runtime)
     import tensorflow as tf
 
-    if training.strategy == "default":
+    if runtime.strategy == "default":
         return tf.distribute.get_strategy()
-    if training.strategy == "mirrored":
+    if runtime.strategy == "mirrored":
         gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
         return tf.distribute.MirroredStrategy(gpus or [device.name for device in tf.config.list_logical_devices("CPU")])
-    current_worker(training)  # a malformed TF_CONFIG is a ConfigError, not a TensorFlow traceback
+    current_worker(runtime)  # a malformed TF_CONFIG is a ConfigError, not a TensorFlow traceback
     return tf.distribute.MultiWorkerMirroredStrategy()

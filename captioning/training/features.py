@@ -13,7 +13,7 @@ interrupted computation leaves ``features.partial.npy`` and ``progress.json``; t
 checks the partial file's shape against the manifest it will write, and continues from
 the last finished batch instead of starting over.
 
-Several workers (``training.strategy = "multi_worker"``) split the work: worker i of n
+Several workers (``runtime.strategy = "multi_worker"``) split the work: worker i of n
 computes the i-th contiguous slice of the images (``distribution.shard_bounds``) into
 
     cache_root/<key>/shard-<i>-of-<n>.npy

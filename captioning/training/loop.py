@@ -6,8 +6,8 @@ trains on those features; any other encoder trains end to end on images, augment
 model (encoder + decoder) that captions images. ``training.log_gradient_norms`` adds the
 encoder's first-epoch gradient norms (gradients.py).
 
-The model is built, compiled and fitted inside the ``training.strategy``'s scope
-(distribution.py) and the ``training.mixed_precision`` policy (precision.py). Under
+The model is built, compiled and fitted inside the ``runtime.strategy``'s scope
+(distribution.py) and the ``runtime.mixed_precision`` policy (precision.py). Under
 "multi_worker" every worker runs this same function: each extracts its share of the
 features, all train together, and only the chief (worker 0) writes the run directory's
 checkpoint, weights and metrics; worker i > 0 keeps its own resumable checkpoint in
@@ -15,10 +15,10 @@ checkpoint/worker-<i>/ and stops after training.
 
 With ``encoder.fine_tune_layers`` = N > 0 a run has two phases:
 
-    phase 1  training.epochs            decoder on the frozen backbone's cached features
-    phase 2  training.fine_tune_epochs  encoder + decoder on images, from phase 1's best
-                                        weights; the top N backbone layers unfrozen (batch
-                                        norm frozen), at training.fine_tune_learning_rate
+    phase 1  training.epochs   decoder on the frozen backbone's cached features
+    phase 2  fine_tune.epochs  encoder + decoder on images, from phase 1's best weights;
+                               the top N backbone layers unfrozen (batch norm frozen), at
+                               fine_tune.learning_rate
 
 Each phase has its own checkpoint (``checkpoint/`` and ``checkpoint/fine_tune/``), early
 stopping and best weights, so an interrupted run resumes in the phase it was in.
@@ -281,12 +281,12 @@ def train_phase_one(data: TrainingData, checkpoint: TrainingCheckpoint, strategy
     phase (a resumed run) only loads them: no features, no fitting."""
     config = data.config
     frozen = encoder_is_frozen(config.encoder)
-    with strategy.scope(), precision_policy(config.training):
+    with strategy.scope(), precision_policy(config.runtime):
         if frozen:
             model = build_feature_model(config, data.vocabulary.size, frozen_feature_shape(config))
         else:
             model = build_model(config, data.vocabulary.size)
-        compile_model(model, config.training)
+        compile_model(model, config.runtime, config.training.learning_rate)
         initial_epoch = checkpoint.restore(model)
         if initial_epoch:
             print(f"resuming phase 1 after epoch {initial_epoch}")
@@ -307,9 +307,9 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
     layers unfrozen, starting from phase 1's best decoder (or phase 2's own checkpoint).
     Returns the full model holding the best weights of the two phases (see start_from)."""
     config = data.config
-    with strategy.scope(), precision_policy(config.training):
+    with strategy.scope(), precision_policy(config.runtime):
         model = build_model(config, data.vocabulary.size, fine_tuning=True)
-        compile_model(model, config.training, learning_rate=config.training.fine_tune_learning_rate)
+        compile_model(model, config.runtime, learning_rate=config.fine_tune.learning_rate)
         batches = None
         if checkpoint.has_checkpoint:
             initial_epoch = checkpoint.restore(model)
@@ -324,8 +324,8 @@ def train_phase_two(data: TrainingData, phase_one: TrainingCheckpoint, phase_one
                                   best_epoch=phase_one.state["best_epoch"])
             print(f"phase 2: fine-tuning the top {config.encoder.fine_tune_layers} layers of {config.encoder.name} "
                   f"({parameter_count(model.encoder.trainable_weights)} parameters) with the decoder, learning rate "
-                  f"{config.training.fine_tune_learning_rate}; early-stopping loss {starting_loss:.4f} after phase 1")
-        last_epoch = checkpoint.state["first_epoch"] + config.training.fine_tune_epochs
+                  f"{config.fine_tune.learning_rate}; early-stopping loss {starting_loss:.4f} after phase 1")
+        last_epoch = checkpoint.state["first_epoch"] + config.fine_tune.epochs
         if initial_epoch < last_epoch and not checkpoint.finished:
             callbacks = epoch_callbacks(data, None, run_dir, first_phase=False)
             fit(model, data, batches or data.image_datasets(), checkpoint, initial_epoch, last_epoch, verbose,
@@ -355,8 +355,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
     """Trains (or resumes) the run in ``run_dir`` and returns its metrics on the evaluation split."""
     validate(config)  # every section, before anything is built or written
     run_dir = Path(run_dir)
-    strategy = build_strategy(config.training)  # first: "multi_worker" must exist before any TensorFlow op
-    worker = current_worker(config.training)
+    strategy = build_strategy(config.runtime)  # first: "multi_worker" must exist before any TensorFlow op
+    worker = current_worker(config.runtime)
     prepare_run_dir(config, run_dir)
     keras.utils.set_random_seed(config.training.seed)
 
@@ -376,7 +376,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         checkpoint_dir = checkpoint_dir / f"worker-{worker.index}"
         history_path = checkpoint_dir / HISTORY_FILE
     patience, decay = config.training.patience, config.training.learning_rate_decay
-    every_steps = config.training.checkpoint_every_steps
+    every_steps = config.runtime.checkpoint_every_steps
     phase_one = TrainingCheckpoint(checkpoint_dir, checkpoint_dir / BEST_WEIGHTS_FILE, history_path, patience,
                                    learning_rate_decay=decay, every_steps=every_steps)
     model = train_phase_one(data, phase_one, strategy, run_dir, verbose)
@@ -386,9 +386,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
                                        history_path, patience, phase=2, earlier_history=phase_one.state["history"],
                                        learning_rate_decay=decay, every_steps=every_steps)
         model = train_phase_two(data, phase_one, model, phase_two, strategy, run_dir, verbose)
-        phases.append((phase_two, config.training.fine_tune_learning_rate))
+        phases.append((phase_two, config.fine_tune.learning_rate))
     self_critical = None
-    if config.training.self_critical_epochs:
+    if config.self_critical.epochs:
         model, self_critical = self_critical_phase(data, model, run_dir, verbose)
     if not worker.is_chief:
         print(f"worker {worker.index}: training finished; the chief (worker 0) writes the weights and metrics")
@@ -400,8 +400,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, verbose: int | str = "a
         facts["self_critical"] = {"epochs": self_critical.state["epochs_done"],
                                   "best_epoch": self_critical.state["best_epoch"],  # 0: phase 1's decoder
                                   "training_seconds": round(self_critical.state["training_seconds"], 1),
-                                  "learning_rate": config.training.self_critical_learning_rate,
-                                  "samples": config.training.self_critical_samples,
+                                  "learning_rate": config.self_critical.learning_rate,
+                                  "samples": config.self_critical.samples,
                                   "history": self_critical.state["history"]}
         facts["training_seconds"] = round(facts["training_seconds"] + self_critical.state["training_seconds"], 1)
     return evaluate_run(run_dir, facts)
@@ -422,7 +422,7 @@ def self_critical_phase(data: TrainingData, phase_model, run_dir: Path, verbose)
         return validation_bleu(config, data.stopping_examples, features_for(data.stopping_examples, "early stopping"),
                                data.reader, data.vocabulary)
 
-    with precision_policy(config.training):
+    with precision_policy(config.runtime):
         return train_self_critical(data, phase_model, frozen_feature_shape(config), run_dir, features_for,
                                    validation_callback, verbose)
 

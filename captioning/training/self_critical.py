@@ -2,7 +2,7 @@
 
 Cross-entropy training (phase 1) teaches the decoder the next word of a reference caption;
 the captions it is judged on are its own, decoded word by word. With
-``training.self_critical_epochs`` > 0, a last phase fine-tunes the decoder with REINFORCE
+``self_critical.epochs`` > 0, a last phase fine-tunes the decoder with REINFORCE
 on captions it samples itself, each rewarded by its CIDEr-D against the image's references
 (cider.py, document frequencies from the training references):
 
@@ -15,14 +15,14 @@ on captions it samples itself, each rewarded by its CIDEr-D against the image's 
 The baseline is the mean of the other samples (Luo 2020, "a better variant of
 self-critical sequence training") rather than the original paper's greedy caption: one
 sampling pass per batch instead of a sampling and a greedy pass, and a caption only gains
-probability if it beats its siblings. K = ``training.self_critical_samples``.
+probability if it beats its siblings. K = ``self_critical.samples``.
 
-With ``training.self_critical_reward_end`` (default) a sample is scored with its end token
+With ``self_critical.reward_end`` (default) a sample is scored with its end token
 and every reference ends in one, as in the reference implementations: a caption that stops
 mid-phrase misses the n-grams that end the references.
 
 The phase runs on the frozen encoder's cached features only (no fine-tuning phase before
-it), for a fixed number of epochs at ``training.self_critical_learning_rate``. The
+it), for a fixed number of epochs at ``self_critical.learning_rate``. The
 cross-entropy loss that early stopping watches is not what this phase lowers, so the phase
 watches the CIDEr-D of greedy captions of the early-stopping images (validation.py's
 ``val_cider``) instead: phase 1's decoder is epoch 0, and the run's model is the epoch with
@@ -249,23 +249,25 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     """
     config = data.config
     training = config.training
+    self_critical = config.self_critical
+    runtime = config.runtime
     checkpoint = SelfCriticalCheckpoint(Path(run_dir) / CHECKPOINT_DIR / SELF_CRITICAL_DIR, Path(run_dir) / HISTORY_FILE)
     model = build_feature_model(config, data.vocabulary.size, feature_shape)
-    compile_model(model, training, learning_rate=training.self_critical_learning_rate)
+    compile_model(model, runtime, learning_rate=self_critical.learning_rate)
     model.optimizer.build(model.trainable_variables)
     epochs_done = checkpoint.restore(model)
     if epochs_done == 0:
         model.decoder.set_weights(phase_model.decoder.get_weights())
-    if epochs_done >= training.self_critical_epochs:
+    if epochs_done >= self_critical.epochs:
         checkpoint.restore_best(model)
         return model, checkpoint
-    print(f"self-critical phase: {training.self_critical_epochs - epochs_done} epoch(s) of "
-          f"{training.self_critical_samples} sampled captions per image, CIDEr-D reward, learning rate "
-          f"{training.self_critical_learning_rate}" + (f"; resuming after epoch {epochs_done}" if epochs_done else ""))
-    reward_end = training.self_critical_reward_end
+    print(f"self-critical phase: {self_critical.epochs - epochs_done} epoch(s) of "
+          f"{self_critical.samples} sampled captions per image, CIDEr-D reward, learning rate "
+          f"{self_critical.learning_rate}" + (f"; resuming after epoch {epochs_done}" if epochs_done else ""))
+    reward_end = self_critical.reward_end
     references = [[reference_text(caption, reward_end) for caption in example.captions]
                   for example in data.train_examples]
-    trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), training.self_critical_samples,
+    trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), self_critical.samples,
                                   config.decoder.max_length, seed=training.seed + epochs_done, reward_end=reward_end)
     train_features = features_for(data.train_examples, "train")  # (images, regions, channels)
     callback = validation_callback()
@@ -277,7 +279,7 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
             checkpoint.save_best(model, 0, start[CIDER_LOG_NAME])
             print(f"self-critical phase starts from validation CIDEr-D {start[CIDER_LOG_NAME]:.4f}")
     batch_size = training.batch_size
-    for epoch in range(epochs_done, training.self_critical_epochs):
+    for epoch in range(epochs_done, self_critical.epochs):
         started = time.time()
         order = np.random.default_rng(training.seed + epoch).permutation(len(train_features))
         progress = keras.utils.Progbar(len(order), unit_name="image", verbose=1 if verbose == "auto" else verbose)
