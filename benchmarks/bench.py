@@ -208,7 +208,7 @@ def measure_feature_extraction(config, paths: list[str], work: Path, sizes: Benc
     from captioning.data.images import load_image
     from captioning.models.caption_model import image_shape
     from captioning.models.encoders import build_encoder, normalization_for
-    from captioning.training.loop import cached_features, feature_encoder
+    from captioning.training.training_data import cached_features, feature_encoder
 
     batch = sizes.extraction_batch
     config = with_values(config, training={"batch_size": batch})

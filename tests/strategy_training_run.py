@@ -46,13 +46,14 @@ def main() -> None:
     from conftest import tiny_config
 
     import captioning.training.loop as train_module
+    import captioning.training.phases as phases_module
     from captioning.files import write_json
     from captioning.training.checkpoints import TrainingCheckpoint
     from captioning.training.distribution import current_worker
 
     keras.config.disable_traceback_filtering()  # a failure in a subprocess shows its whole stack
     out_dir = Path(arguments.out_dir)
-    original_compile = train_module.compile_model
+    original_compile = phases_module.compile_model
     original_on_epoch_end = TrainingCheckpoint.on_epoch_end
 
     def crash_after_first_epoch(self, epoch, logs=None):
@@ -76,7 +77,7 @@ def main() -> None:
             record["replicas"] = tf.distribute.get_strategy().num_replicas_in_sync
             original_compile(model, runtime, learning_rate)
 
-        train_module.compile_model = compile_and_record
+        phases_module.compile_model = compile_and_record
         if arguments.interrupt and strategy != "default":
             TrainingCheckpoint.on_epoch_end = crash_after_first_epoch
             try:

@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import tiny_config
 
 import captioning.training.loop as train_module
+import captioning.training.training_data as training_data_module
 from captioning.captioner import Captioner
 from captioning.config import ConfigError
 from captioning.data.datasets import CaptionedImage, load_split
@@ -121,7 +122,7 @@ def test_augmentation_settings_that_do_nothing_or_make_no_sense_are_errors(tmp_p
 def test_tiny_run_trains_with_augmentation_on_training_batches_only(tiny_data_root, tmp_path, monkeypatch, shapes):
     _, train_examples, _, reader = shapes
     built = []  # (examples, augmentation, dataset) of each training_dataset call in train()
-    original_dataset = train_module.training_dataset
+    original_dataset = training_data_module.training_dataset
 
     def recording_dataset(examples, augmentation=None, **options):
         dataset = original_dataset(examples, augmentation=augmentation, **options)
@@ -135,7 +136,7 @@ def test_tiny_run_trains_with_augmentation_on_training_batches_only(tiny_data_ro
         traces.append(1)
         return original_call(self, images, tokens)
 
-    monkeypatch.setattr(train_module, "training_dataset", recording_dataset)
+    monkeypatch.setattr(training_data_module, "training_dataset", recording_dataset)
     monkeypatch.setattr(CaptionAugmentation, "__call__", counting_call)
     run_dir = tmp_path / "run"
     config = tiny_config(tiny_data_root, "images.augment=true", "training.epochs=1")

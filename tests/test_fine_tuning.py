@@ -21,7 +21,8 @@ from captioning.config import ConfigError, EncoderConfig, ImagesConfig
 from captioning.models.encoders import BACKBONES, build_encoder, fine_tunable_layers
 from captioning.training.checkpoints import TrainingCheckpoint
 from captioning.training.features import cache_key
-from captioning.training.loop import TrainingData, train
+from captioning.training.loop import train
+from captioning.training.training_data import TrainingData
 
 IMAGE_SHAPE = (32, 32, 3)
 TOP_LAYERS = 2  # MobileNet's conv_dw_13 and conv_pw_13: the last depthwise-separable block

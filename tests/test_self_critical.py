@@ -191,7 +191,8 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
     """A tiny run: phase 1, then two self-critical epochs, interrupted after the first; the
     second train() call resumes with epoch 2 only and the run records both."""
     import captioning.training.self_critical as self_critical_module
-    from captioning.training.loop import frozen_feature_shape, train
+    from captioning.training.loop import train
+    from captioning.training.training_data import frozen_feature_shape
 
     config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
                          "decoder.name=attention", "training.epochs=1", "self_critical.epochs=2",

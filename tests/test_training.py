@@ -135,7 +135,7 @@ def test_an_old_run_with_an_unreadable_config_does_not_block_a_new_run(tmp_path,
 def test_a_complete_feature_cache_never_builds_the_frozen_encoder(tmp_path, monkeypatch):
     """The second read of the same images' features is a cache read: the backbone is not
     built, so its weights file is not even needed."""
-    import captioning.training.loop as train_module
+    import captioning.training.training_data as train_module
 
     config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
                          f"images.feature_cache_dir={tmp_path / 'features'}")
