@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny shapes data set and one tiny trained run, made once per session.
 
 Every train() in the tests ends with an evaluation, whose METEOR starts a java process (about
-7 s of CPU, 10-14 s on the shared 2-core machine); the tests get a fixed METEOR of 0.25 instead
+7 s of CPU, 10-30 s on the shared 2-core machine); the tests get a fixed METEOR of 0.25 instead
 (``meteor_stand_in``). The real jar runs in tests/test_coco_metrics.py (the ``real_meteor``
 fixture) and in the session's ``trained_run``, so one end-to-end run is scored by it.
 """
@@ -35,8 +35,12 @@ TRAINED_GROUP = "trained_runs"
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if TRAINED_FIXTURES & set(item.fixturenames):
+        uses_a_trained_fixture = bool(TRAINED_FIXTURES & set(item.fixturenames))
+        if uses_a_trained_fixture:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("xdist_group"):  # the file chose its group (xdist would join two names)
+            continue
+        if uses_a_trained_fixture:
             item.add_marker(pytest.mark.xdist_group(TRAINED_GROUP))
         elif uses_a_module_fixture(item):  # the module's tests stay on one worker: the fixture is built once
             item.add_marker(pytest.mark.xdist_group(item.path.stem))

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_config
+from conftest import TRAINED_GROUP, tiny_config
 from PIL import Image
 
 from captioning.config import ConfigError, EncoderConfig, load_config
@@ -63,6 +63,10 @@ def test_only_convolutions_are_measured_with_their_bias():
         ("conv_0", [4, 1]), ("conv_1", [4, 1])]
     normalized = convolution_weights(built_encoder(batch_norm=True))
     assert [name for name, _ in normalized] == ["conv_0", "conv_1"]  # batch norm's gamma and beta are not layers measured
+
+
+# logged_run is compared with the session's trained_run: this file's tests share its worker.
+pytestmark = pytest.mark.xdist_group(TRAINED_GROUP)
 
 
 @pytest.fixture(scope="module")
