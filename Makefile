@@ -25,7 +25,10 @@
 #                first-layer filters, each block's strongest feature maps, attention; default OUT runs/inspect/<image>)
 #   make serve [MODEL=file.keras or run dir] [PORT=8000]   (a web page on 127.0.0.1 that captions an uploaded
 #              photo, with its top 3 beams and each word's attention; JSON API: POST /api/caption, field "image")
-#   make test
+#   make test   (every test, on TEST_WORKERS cores (default 2): what CI runs; under 8 min on 2 cores)
+#   make test-fast   (the inner loop, under 2 min: leaves out the tests marked slow, i.e. those that train a
+#                    model, start a process, a server or a browser, or take over about 2 s; tests/conftest.py
+#                    marks the ones using a trained fixture, a new slow test carries @pytest.mark.slow)
 #
 # BEAM=width decodes with beam search of that width instead of the run's sampler (greedy by default).
 
@@ -37,8 +40,12 @@ SPLIT ?= test
 # `make compare README=name`, the former name of RESULTS=name, still works.
 RESULTS ?= $(README)
 PORT ?= 8000
+# pytest-xdist workers for make test and test-fast; --dist loadgroup keeps the tests that share a
+# trained run (and each file with a module-scoped fixture) on one worker, so each is trained once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: train caption export evaluate compare bench rehearsal inspect serve test venv clean-cache
+.PHONY: train caption export evaluate compare bench rehearsal inspect serve test test-fast venv clean-cache
 
 venv: $(INSTALLED)
 
@@ -78,7 +85,10 @@ serve: $(INSTALLED)
 	$(PY) -m captioning serve $(if $(MODEL),--model "$(MODEL)") --port $(PORT)
 
 test: $(INSTALLED)
-	$(PY) -m pytest -q
+	$(PYTEST)
+
+test-fast: $(INSTALLED)
+	$(PYTEST) -m "not slow"
 
 clean-cache:
 	rm -rf data/cache

@@ -1,4 +1,10 @@
-"""Shared fixtures: a tiny shapes data set and one tiny trained run, made once per session."""
+"""Shared fixtures: a tiny shapes data set and one tiny trained run, made once per session.
+
+Every train() in the tests ends with an evaluation, whose METEOR starts a java process (about
+7 s of CPU, 10-30 s on the shared 2-core machine); the tests get a fixed METEOR of 0.25 instead
+(``meteor_stand_in``). The real jar runs in tests/test_coco_metrics.py (the ``real_meteor``
+fixture) and in the session's ``trained_run``, so one end-to-end run is scored by it.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +16,40 @@ import numpy as np
 import pytest
 
 from captioning.config import load_config
+from captioning.evaluation import coco_metrics
+
+REAL_METEOR_SCORE = coco_metrics.meteor_score
 
 
-def pytest_addoption(parser):
-    parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
+# Two tiers. `make test` (CI) runs every test, over both cores (pytest-xdist, --dist loadgroup);
+# `make test-fast`, the inner loop, leaves out the tests marked `slow`. The rule: a test is slow
+# when it trains a model, starts a process, a server or a browser, or takes over about 2 s
+# (pytest --durations=20 -m "not slow" shows the ones to mark). Tests that use a trained
+# fixture (TRAINED_FIXTURES) are marked here; the others carry @pytest.mark.slow themselves.
+TRAINED_FIXTURES = {"trained_run", "trained_attention_run", "exported_model", "shapes_test_images"}
+# The xdist group of every test that uses a trained fixture: one worker trains the session's
+# runs once and runs all of those tests (the other worker would otherwise train them again).
+TRAINED_GROUP = "trained_runs"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
-        return
-    skip_slow = pytest.mark.skip(reason="slow: pass --run-slow to run")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)
+        uses_a_trained_fixture = bool(TRAINED_FIXTURES & set(item.fixturenames))
+        if uses_a_trained_fixture:
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("xdist_group"):  # the file chose its group (xdist would join two names)
+            continue
+        if uses_a_trained_fixture:
+            item.add_marker(pytest.mark.xdist_group(TRAINED_GROUP))
+        elif uses_a_module_fixture(item):  # the module's tests stay on one worker: the fixture is built once
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def uses_a_module_fixture(item) -> bool:
+    """Whether one of the test's fixtures is module-scoped (defined in its file, e.g. a module's tiny run)."""
+    fixture_definitions = item._fixtureinfo.name2fixturedefs.values()  # pytest's own record of the test's fixtures
+    return any(definition.scope == "module" for definitions in fixture_definitions for definition in definitions)
 
 
 TINY_OVERRIDES = [
@@ -41,6 +68,24 @@ def tiny_config(tmp_path_factory_or_path, *extra):
     return load_config(None, overrides)
 
 
+# What every evaluation in the tests reports as METEOR (test_compare.py pins the same value).
+METEOR_STAND_IN = 0.25
+
+
+@pytest.fixture(scope="session", autouse=True)
+def meteor_stand_in():
+    """coco_metrics.meteor_score returns METEOR_STAND_IN for the whole session (no java start)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coco_metrics, "meteor_score", lambda references, hypotheses: METEOR_STAND_IN)
+        yield
+
+
+@pytest.fixture
+def real_meteor(monkeypatch):
+    """The real METEOR (java -jar meteor-1.5.jar) for one test."""
+    monkeypatch.setattr(coco_metrics, "meteor_score", REAL_METEOR_SCORE)
+
+
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny")
@@ -48,11 +93,13 @@ def tiny_data_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_data_root):
-    """A finished tiny run directory (trained two epochs, evaluated)."""
+    """A finished tiny run directory (trained two epochs, evaluated, METEOR included)."""
     from captioning.training.loop import train
 
     run_dir = tiny_data_root / "runs" / "tiny"
-    train(tiny_config(tiny_data_root), run_dir, verbose=0)
+    with pytest.MonkeyPatch.context() as patch:  # the one run scored by the real METEOR jar
+        patch.setattr(coco_metrics, "meteor_score", REAL_METEOR_SCORE)
+        train(tiny_config(tiny_data_root), run_dir, verbose=0)
     return run_dir
 
 

@@ -16,6 +16,7 @@ from captioning.data.images import read_rgb
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_api_imports_lazily_and_train_is_the_training_function():
     script = "\n".join([
         "import sys",

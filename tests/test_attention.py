@@ -50,6 +50,7 @@ def decoder_inputs(batch=3, regions=4, channels=5, length=7, seed=0):
     return random_decoder_inputs(VOCAB_SIZE, batch, regions, channels, length, seed)
 
 
+@pytest.mark.slow
 @both_placements
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_a_caption_length_known_only_at_run_time_gives_the_same_logits(cell):
@@ -245,6 +246,7 @@ def test_beam_search_with_width_two_scores_each_beam_by_its_own_image(cell):
     np.testing.assert_array_equal(best, token_ids[:, 0])
 
 
+@pytest.mark.slow
 @both_placements
 def test_beam_search_runs_inside_tf_function():
     decoder = make_decoder("gru")

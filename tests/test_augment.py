@@ -119,6 +119,7 @@ def test_augmentation_settings_that_do_nothing_or_make_no_sense_are_errors(tmp_p
         check_augmentation(tiny_config(tmp_path, *overrides))
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_with_augmentation_on_training_batches_only(tiny_data_root, tmp_path, monkeypatch, shapes):
     _, train_examples, _, reader = shapes
     built = []  # (examples, augmentation, dataset) of each training_dataset call in train()

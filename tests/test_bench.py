@@ -23,6 +23,7 @@ KEYS = ["feature_extraction_vs_predict", "cached_training_speedup", "batched_bea
         "attention_flops_utilization", "batch_caption_images_per_second", "batch_vs_per_call_speedup"]
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_every_figure_as_a_positive_finite_number(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--out", str(out)]) == 0

@@ -26,6 +26,9 @@ from captioning.evaluation.coco_metrics import (
 )
 from captioning.evaluation.evaluate import format_metrics, score_captions
 
+# conftest.py stands a fixed number in for METEOR everywhere else; this file tests the real one.
+pytestmark = pytest.mark.usefixtures("real_meteor")
+
 # Six images, three references each, with case, punctuation, a possessive and a hyphen.
 REFERENCES = [
     ["A brown dog's toy lies on the green grass.", "A dog is running on the grass.", "The brown dog sprints through a field."],
@@ -164,6 +167,7 @@ def fake_java(directory: Path, script: str) -> None:
     java.chmod(java.stat().st_mode | stat.S_IXUSR)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs java on PATH")
 def test_meteor_with_java_is_a_score_in_zero_one_and_leaves_no_process():
     before = child_pids()

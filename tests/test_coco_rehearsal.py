@@ -107,6 +107,7 @@ def test_projection_is_seconds_a_step_times_the_batches_of_a_coco_epoch():
     assert projected_epoch_seconds(0.5, COCO_TRAIN_IMAGES, 16) == pytest.approx(3_540.5)
 
 
+@pytest.mark.slow
 def test_a_tiny_rehearsal_trains_from_two_shards_and_reports_memory_and_the_projection(tmp_path, capsys):
     images = 200
     row_bytes = int(np.prod(FEATURE_SHAPE)) * 2

@@ -71,6 +71,7 @@ def copy_of_runs(compared, tmp_path):
     return runs_root
 
 
+@pytest.mark.slow
 def test_compare_trains_each_experiment_and_writes_table_and_plots(compared):
     assert compared.printed.count(": trained ") == 2, compared.printed
     out = compared.root / "out"
@@ -83,6 +84,7 @@ def test_compare_trains_each_experiment_and_writes_table_and_plots(compared):
     assert markdown[0].startswith("| experiment | chosen | decoder.cell |") and len(markdown) == 2 + 2
 
 
+@pytest.mark.slow
 def test_table_shows_only_the_fields_that_differ(compared):
     table = compared.table
     assert len(table) == 2
@@ -91,6 +93,7 @@ def test_table_shows_only_the_fields_that_differ(compared):
         assert same not in table.columns
 
 
+@pytest.mark.slow
 def test_table_values_are_each_runs_own_metrics(compared):
     """The issue's columns (the differing config fields, BLEU-1..4, CIDEr, parameters, training
     time) and the rest, each equal to what the run's own metrics.json and config.toml say."""
@@ -107,6 +110,7 @@ def test_table_values_are_each_runs_own_metrics(compared):
         assert load_run_config(run_dir).decoder.cell == row["decoder.cell"] == saved_row["decoder.cell"]
 
 
+@pytest.mark.slow
 def test_the_best_row_is_chosen_on_the_early_stopping_images_not_the_reported_split(compared):
     """selection_*: each run's scores on its early-stopping split (val here; the reported split is
     test), the same as evaluating that split directly; "chosen" marks the best selection CIDEr-D."""
@@ -121,6 +125,7 @@ def test_the_best_row_is_chosen_on_the_early_stopping_images_not_the_reported_sp
     assert "chosen on the early-stopping images (val)" in compared.printed
 
 
+@pytest.mark.slow
 def test_second_compare_reuses_finished_runs(compared, tmp_path):
     before = run_dirs(compared.root / "runs")
     table, printed = quietly(compare, compared.experiments, tmp_path / "out", runs_root=compared.root / "runs")
@@ -129,6 +134,7 @@ def test_second_compare_reuses_finished_runs(compared, tmp_path):
     assert list(table["run"]) == list(compared.table["run"])
 
 
+@pytest.mark.slow
 def test_unfinished_run_is_resumed_not_duplicated(compared, tmp_path):
     runs_root = copy_of_runs(compared, tmp_path)
     interrupted = next(run_dir for run_dir in run_dirs(runs_root) if run_dir.name.endswith("tiny_gru"))
@@ -141,6 +147,7 @@ def test_unfinished_run_is_resumed_not_duplicated(compared, tmp_path):
     assert table.loc[0, "run"] == str(interrupted)
 
 
+@pytest.mark.slow
 def test_a_config_is_matched_whatever_its_name(compared, tmp_path):
     """The name is a label: a file with another name but the same config reuses the finished run,
     and resumes an unfinished one under the name it was started with."""
@@ -157,6 +164,7 @@ def test_a_config_is_matched_whatever_its_name(compared, tmp_path):
     assert table.loc[0, "experiment"] == "renamed_gru"
 
 
+@pytest.mark.slow
 def test_a_config_differing_only_in_generation_evaluates_the_trained_weights(compared, tmp_path):
     """Greedy vs beam without retraining: the beam config gets a run directory of its own with the
     greedy run's weights, scored with beam search, and the greedy run's training facts."""
@@ -187,6 +195,7 @@ def test_a_config_differing_only_in_generation_evaluates_the_trained_weights(com
     assert printed.count(": reused ") == 1 and again.loc[0, "run"] == str(beam_run), printed
 
 
+@pytest.mark.slow
 def test_every_config_is_read_before_anything_trains(compared, tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text("[decoder]\nunitz = 3\n")
@@ -211,6 +220,7 @@ def test_a_bad_value_in_the_last_file_fails_before_any_run_trains(tmp_path, monk
     assert trained == [] and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_seeds_give_one_row_with_mean_and_std(compared, tmp_path):
     runs_root = copy_of_runs(compared, tmp_path)
     table, printed = quietly(compare, compared.experiments[:1], tmp_path / "out", runs_root=runs_root, seeds=[0, 1])
@@ -237,6 +247,7 @@ def test_markdown_table_rounds_and_leaves_missing_values_empty():
         "| experiment | bleu_4 | cider | training_seconds |", "|---|---|---|---|", "| a\\|b | 0.123 |  | 12.3 |"]
 
 
+@pytest.mark.slow
 def test_the_same_config_and_seed_repeat_bleu_4(compared, tmp_path):
     """Retrained from scratch in another runs folder, a config and seed score the same on CPU."""
     table, printed = quietly(compare, compared.experiments[:1], tmp_path / "out", runs_root=tmp_path / "runs")
@@ -257,6 +268,7 @@ def test_compare_command_line():
     assert arguments.results == "shapes" and arguments.results_file == "page.md"
 
 
+@pytest.mark.slow
 def test_compare_results_writes_the_table_command_and_machine_into_its_section(compared, tmp_path, monkeypatch, capsys):
     page = tmp_path / "results.md"
     page.write_text("# title\n\n<!-- results:tiny -->\n(run `make compare` to fill this in)\n<!-- /results -->\n\nafter\n")

@@ -200,9 +200,11 @@ def finish(process: subprocess.Popen, timeout: int = 600) -> None:
     assert process.returncode == 0, output[-4000:]
 
 
+@pytest.mark.slow
 def test_mirrored_training_on_two_devices_matches_one_device_and_resumes(tmp_path):
+    # Unscored, like the two-worker test below: the frozen-backbone test scores a mirrored run.
     finish(run_strategies(tmp_path, "--strategies", "default", "mirrored", "--devices", "2", "--interrupt",
-                          "--set", *SAME_ARITHMETIC))
+                          "--no-evaluation", "--set", *SAME_ARITHMETIC))
     single = json.loads((tmp_path / "default.json").read_text())
     mirrored = json.loads((tmp_path / "mirrored.json").read_text())
     assert (single["replicas"], mirrored["replicas"]) == (1, 2)
@@ -265,6 +267,7 @@ def check_two_workers_against_mirrored(cluster_dir: Path, mirrored_path: Path, e
     assert json.loads(worker_checkpoint.read_text())["epochs_done"] == epochs
 
 
+@pytest.mark.slow
 def test_two_worker_processes_on_this_machine_train_like_one_mirrored_process(tmp_path):
     """Two processes on 127.0.0.1 (TF_CONFIG) under MultiWorkerMirroredStrategy train the
     trainable conv_stack model while one process mirrored over two logical CPU devices

@@ -109,6 +109,7 @@ def test_export_refuses_another_suffix_and_a_model_file_only_takes_generation_ov
         Captioner.from_model_file(exported_model, ["decoder.units=8"])
 
 
+@pytest.mark.slow
 def test_the_shipped_flickr8k_model_captions_a_real_photo():
     """models/flickr8k.keras (models/README.md) on a Flickr8k photo of a dog on grass."""
     photos = [folder / "1001773457_577c3a7d70.jpg" for folder in FLICKR8K_CANDIDATES]

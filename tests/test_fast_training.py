@@ -28,6 +28,7 @@ def padded_captions(images, captions=3, length=9, seed=0):
     return tokens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["rnn", "attention"])
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_token_loss_equals_the_masked_loss_over_every_position(tmp_path, decoder, jit_compile):

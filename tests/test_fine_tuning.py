@@ -105,6 +105,7 @@ def fine_tuned_run(tmp_path_factory, mobilenet_weights):
     return config, run_dir, metrics, seen
 
 
+@pytest.mark.slow
 def test_phase_one_hands_phase_two_the_backbone_unchanged(fine_tuned_run):
     config, _, _, seen = fine_tuned_run
     original = layer_weights(build_encoder(config.encoder, IMAGE_SHAPE).network)  # the weights file
@@ -113,6 +114,7 @@ def test_phase_one_hands_phase_two_the_backbone_unchanged(fine_tuned_run):
         assert all(np.array_equal(old, new) for old, new in zip(weights, seen["phase_two_start"][name])), name
 
 
+@pytest.mark.slow
 def test_phase_two_changes_the_top_layers_only_and_keeps_batch_norm_statistics(fine_tuned_run):
     config, run_dir, _, _ = fine_tuned_run
     original = build_encoder(config.encoder, IMAGE_SHAPE).network  # the weights file: what phase 1 encoded with
@@ -130,6 +132,7 @@ def test_phase_two_changes_the_top_layers_only_and_keeps_batch_norm_statistics(f
     assert {"conv_dw_13_bn", "conv_pw_13_bn"} <= set(before)  # the unfrozen layers' own batch norms stayed
 
 
+@pytest.mark.slow
 def test_an_interrupted_phase_two_resumes_in_phase_two_without_rerunning_phase_one(fine_tuned_run):
     _, run_dir, _, seen = fine_tuned_run
     assert seen["history_when_interrupted"] == [(1, 1), (1, 2), (2, 3)]
@@ -143,6 +146,7 @@ def test_an_interrupted_phase_two_resumes_in_phase_two_without_rerunning_phase_o
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["phase"] == 1
 
 
+@pytest.mark.slow
 def test_metrics_record_both_phases(fine_tuned_run):
     config, run_dir, metrics, _ = fine_tuned_run
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
@@ -160,6 +164,7 @@ def test_metrics_record_both_phases(fine_tuned_run):
     assert 0 < metrics["trainable_parameters"] - decoder_parameters < 100_000
 
 
+@pytest.mark.slow
 def test_an_interrupted_phase_one_resumes_in_phase_one(tmp_path, monkeypatch, mobilenet_weights):
     config = fine_tune_config(tmp_path, mobilenet_weights, "fine_tune.epochs=1")
     run_dir = tmp_path / "run"
@@ -175,6 +180,7 @@ def test_an_interrupted_phase_one_resumes_in_phase_one(tmp_path, monkeypatch, mo
     assert [(phase["phase"], phase["epochs"]) for phase in metrics["phases"]] == [(1, 2), (2, 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     (["encoder.fine_tune_layers=-1"], r"encoder.fine_tune_layers=-1 is negative"),
     (["encoder.fine_tune_layers=28"], r"encoder.fine_tune_layers=28: mobilenet has 27 layers with weights.*0 .* to 27"),
@@ -203,6 +209,7 @@ TOP_THREE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_every_backbone_unfreezes_its_top_weighted_layers_with_batch_norm_in_inference_mode(backbone):
     shape = (75, 75, 3) if backbone == "inception_v3" else IMAGE_SHAPE  # InceptionV3 needs 75 px
@@ -224,6 +231,7 @@ def test_every_backbone_unfreezes_its_top_weighted_layers_with_batch_norm_in_inf
     assert frozen.trainable_weights == []
 
 
+@pytest.mark.slow
 def test_phase_one_shares_the_frozen_runs_feature_cache(tmp_path):
     """fine_tune_layers changes nothing phase 1's frozen backbone computes: same cache key."""
     image = tmp_path / "image.png"

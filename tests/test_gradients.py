@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_config
+from conftest import TRAINED_GROUP, tiny_config
 from PIL import Image
 
 from captioning.config import ConfigError, EncoderConfig, load_config
@@ -43,6 +43,7 @@ def first_epoch_norms(activation: str) -> list[float]:
     return [row["norm"] for row in logger.rows]
 
 
+@pytest.mark.slow
 def test_sigmoid_gradients_vanish_towards_the_input_and_relu_gradients_do_not():
     sigmoid, relu = first_epoch_norms("sigmoid"), first_epoch_norms("relu")
     # measured at seed 0: sigmoid 7.3e-5, 5.1e-4, 1.7e-3, 1.4e-2 (first / last 0.005); relu first / last 0.37
@@ -64,6 +65,10 @@ def test_only_convolutions_are_measured_with_their_bias():
     assert [name for name, _ in normalized] == ["conv_0", "conv_1"]  # batch norm's gamma and beta are not layers measured
 
 
+# logged_run is compared with the session's trained_run: this file's tests share its worker.
+pytestmark = pytest.mark.xdist_group(TRAINED_GROUP)
+
+
 @pytest.fixture(scope="module")
 def logged_run(tiny_data_root):
     """The tiny config of the trained_run fixture with gradient norms logged at every step."""
@@ -73,6 +78,7 @@ def logged_run(tiny_data_root):
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_writes_one_finite_positive_norm_per_step_and_convolution(logged_run):
     with open(logged_run / "gradient_norms.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -86,6 +92,7 @@ def test_run_writes_one_finite_positive_norm_per_step_and_convolution(logged_run
         assert plot.format == "PNG" and plot.size == (700, 450)
 
 
+@pytest.mark.slow
 def test_measuring_does_not_change_the_training(logged_run, trained_run):
     with open(logged_run / "history.csv") as logged, open(trained_run / "history.csv") as plain:
         logged_rows, plain_rows = list(csv.DictReader(logged)), list(csv.DictReader(plain))
@@ -124,6 +131,7 @@ def test_mean_norm_per_layer_averages_steps_then_runs(tmp_path):
     assert mean_norm_per_layer([fake_run(tmp_path / "none", None)]) == []
 
 
+@pytest.mark.slow
 def test_comparison_plots_gradient_norms_only_when_runs_logged_them(tmp_path):
     config = load_config(None)
     table = pd.DataFrame({"experiment": ["relu", "sigmoid"], "bleu_4": [0.5, 0.2]})

@@ -66,6 +66,7 @@ def check_png(path, size):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, f"{path} is nearly blank"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder_name", sorted(SMALL_ENCODERS))
 def test_inspect_writes_input_filters_and_one_feature_grid_per_block(encoder_name, photo, tmp_path):
     config = small_config(encoder_name)

@@ -101,6 +101,7 @@ def test_a_decay_outside_0_to_1_is_a_config_error(tmp_path, decay):
         train(config, tmp_path / "run", verbose=0)
 
 
+@pytest.mark.slow
 def test_a_tiny_run_follows_the_rule_epoch_by_epoch(tmp_path):
     """Through train(): the configured decay reaches the checkpoint, and every epoch trained at
     the rate the rule gives from the epochs before it (a cut after each epoch that did not

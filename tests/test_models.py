@@ -43,7 +43,12 @@ def test_every_registered_encoder_is_covered():
     assert set(ENCODER_CONFIGS) == set(ENCODERS)
 
 
-@pytest.fixture(params=sorted(ENCODERS))
+# The deep backbones take 2-10 s a test to build on 2 cores: make test-fast checks the small ones.
+DEEP_ENCODERS = {"efficientnet_b0", "inception_v3", "resnet50"}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.slow) if name in DEEP_ENCODERS else name
+                        for name in sorted(ENCODERS)])
 def encoder_name(request):
     return request.param
 
@@ -267,6 +272,7 @@ def test_attention_image_norm_ignores_each_regions_scale_and_offset():
     assert np.abs(np.asarray(plain((rescaled, token_ids))) - np.asarray(plain((features, token_ids)))).max() > 2e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", sorted(CELL_CLASSES))
 def test_decoder_step_by_step_equals_the_whole_sequence(cell, decoder_name):
     """Generation (one token at a time, state carried) must see what training saw."""

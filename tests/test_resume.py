@@ -81,6 +81,7 @@ def run_results(run_dir: Path) -> tuple[dict, list[dict], dict]:
     return metrics, history, arrays
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_three_random_steps_ends_as_an_uninterrupted_one(tmp_path):
     reference_dir, killed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
     reference = start_training(reference_dir, tmp_path, first=True)
@@ -114,6 +115,7 @@ def test_a_run_killed_at_three_random_steps_ends_as_an_uninterrupted_one(tmp_pat
     assert not list((killed_dir / "checkpoint").glob("*step*")), "a finished run keeps no mid-epoch weights"
 
 
+@pytest.mark.slow
 def test_a_state_written_before_mid_epoch_checkpoints_still_resumes(tmp_path):
     """Old state.json files lack mid_epoch and random_state: they resume at their last epoch."""
     import keras

@@ -249,6 +249,7 @@ def test_all_beams_come_sorted_best_first():
     assert np.all(np.diff(scores[0]) <= 0)
 
 
+@pytest.mark.slow
 def test_beam_search_runs_inside_tf_function_with_any_batch_size():
     """The captioner wraps decoding in tf.function; the batch dimension is then unknown."""
     decoder = TwoImageDecoder()

@@ -123,6 +123,7 @@ def test_self_critical_settings_that_cannot_run_are_refused(tmp_path):
     check_self_critical(tiny_config(tmp_path, *frozen))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", [["decoder.name=attention"],
                                      ["decoder.name=transformer", "decoder.transformer_heads=2"]],
                          ids=["attention", "transformer"])
@@ -151,6 +152,7 @@ def test_self_critical_steps_raise_the_reward_of_sampled_captions(tmp_path, deco
     assert after > before + 2.0, (before, after)
 
 
+@pytest.mark.slow
 def test_the_gradient_uses_the_policy_that_sampled_the_captions(tmp_path):
     """On-policy: with dropout 0.5 in the decoder, the log-probabilities the loss weights
     are the sampler's own (a step at a time, dropout off, special tokens masked). With
@@ -172,6 +174,7 @@ def test_the_gradient_uses_the_policy_that_sampled_the_captions(tmp_path):
     assert np.abs(np.asarray(sampling_logits(dropout_on)) - np.asarray(trainer.policy_logits(features, token_ids))).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_the_real_token_loss_equals_the_policy_gradient_loss_over_every_position(tmp_path):
     """Known answer: the loss the step minimizes (output layer on generated tokens only)
     is policy_gradient_loss over the full policy_logits."""
@@ -187,6 +190,7 @@ def test_the_real_token_loss_equals_the_policy_gradient_loss_over_every_position
     assert float(trainer.loss(features, token_ids, advantage)) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monkeypatch):
     """A tiny run: phase 1, then two self-critical epochs, interrupted after the first; the
     second train() call resumes with epoch 2 only and the run records both."""

@@ -98,6 +98,7 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file())
 
 
+@pytest.mark.slow
 def test_two_processes_fill_one_image_cache_at_once(tmp_path):
     paths = write_images(tmp_path / "images", 24)
     cache_dir = tmp_path / "cache"
@@ -115,6 +116,7 @@ def test_two_processes_fill_one_image_cache_at_once(tmp_path):
     assert not [path for path in files_under(cache_dir) if is_temporary(path.name)]
 
 
+@pytest.mark.slow
 def test_two_processes_needing_the_same_features_extract_them_once(tmp_path):
     paths = write_images(tmp_path / "images", 10)
     root, log = tmp_path / "features", tmp_path / "encoder_calls.log"

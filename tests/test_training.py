@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import interrupt_after, tiny_config
+from conftest import METEOR_STAND_IN, interrupt_after, tiny_config
 from PIL import Image
 
 from captioning.config import to_dict, to_toml
@@ -34,6 +34,8 @@ def test_tiny_run_writes_config_vocabulary_weights_history_and_metrics(trained_r
     assert METRIC_KEYS <= set(metrics)
     assert metrics["split"] == "test" and metrics["images"] == 16
     assert all(0.0 <= metrics[name] <= 1.0 for name in METRIC_KEYS - {"split"})
+    assert metrics["unavailable"] == [] and 0.0 <= metrics["meteor"] <= 1.0  # the real jar scored this run
+    assert metrics["meteor"] != METEOR_STAND_IN
     assert 0.0 <= metrics["colour_accuracy"] <= 1.0 and metrics["one_object_images"] > 0
     assert metrics["evaluation_seconds"] > 0 and metrics["training_seconds"] > 0 and metrics["epochs"] == 2
     history = read_history(trained_run)
@@ -70,6 +72,7 @@ def test_training_lowers_the_loss(trained_run):
     assert float(history[-1]["val_loss"]) < float(history[0]["val_loss"])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_after_its_last_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, "training.epochs=3", "data.shapes_train_size=16")
     run_dir = tmp_path / "run"
@@ -95,6 +98,7 @@ def test_resuming_with_another_config_is_refused(trained_run, tiny_data_root):
         train(changed, trained_run, verbose=0)
 
 
+@pytest.mark.slow
 def test_early_stopping_state_survives(tmp_path):
     """Patience 0 stops after the first epoch that does not improve; a rerun does not train again."""
     config = tiny_config(tmp_path, "training.epochs=6", "training.patience=1", "training.learning_rate=10.0",
@@ -108,6 +112,7 @@ def test_early_stopping_state_survives(tmp_path):
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["epochs_done"] == epochs_done
 
 
+@pytest.mark.slow
 def test_captions_depend_on_the_image(tmp_path):
     """The learning test: a short training run already scores far better on the real
     images than on shuffled ones (the decoder alone only knows the templates)."""
@@ -132,6 +137,7 @@ def test_an_old_run_with_an_unreadable_config_does_not_block_a_new_run(tmp_path,
     assert unfinished_run_with_config(config, tmp_path / "runs") == matching
 
 
+@pytest.mark.slow
 def test_a_complete_feature_cache_never_builds_the_frozen_encoder(tmp_path, monkeypatch):
     """The second read of the same images' features is a cache read: the backbone is not
     built, so its weights file is not even needed."""

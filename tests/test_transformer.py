@@ -36,6 +36,7 @@ def make_decoder(dropout=0.0, max_length=7):
     return build_decoder(config, VOCAB_SIZE)
 
 
+@pytest.mark.slow
 def test_attention_is_the_last_blocks_cross_attention_and_sums_to_one():
     decoder = make_decoder()
     features, token_ids = random_decoder_inputs(VOCAB_SIZE, batch=3, regions=4, channels=5, length=7)
@@ -48,6 +49,7 @@ def test_attention_is_the_last_blocks_cross_attention_and_sums_to_one():
         np.testing.assert_allclose(cache["attention"], attention[:, position], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_regions_are_projected_once_per_caption_not_per_step():
     decoder = make_decoder()
     features, token_ids = random_decoder_inputs(VOCAB_SIZE, batch=2, regions=4, channels=5, length=7)
@@ -64,6 +66,7 @@ def test_the_regions_are_projected_once_per_caption_not_per_step():
     assert len(calls) == 1 and int(cache["position"][0]) == 5
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_search_run_the_cached_decoder_inside_tf_function():
     decoder = make_decoder()
     features, _ = random_decoder_inputs(VOCAB_SIZE, batch=2, regions=4, channels=5, length=7)
@@ -98,6 +101,7 @@ def class_data(images, regions=4, channels=6, seed=0):
     return features, [CLASS_CAPTIONS[kind] for kind in kinds]
 
 
+@pytest.mark.slow
 def test_the_transformer_learns_captions_from_the_features(tmp_path):
     """Learning: after training on cached features, greedy captions of new images match their
     references (BLEU-4 near 1) and score far lower when the images are shuffled."""
@@ -124,6 +128,7 @@ def test_the_transformer_learns_captions_from_the_features(tmp_path):
     assert real > 0.9 and shuffled < real - 0.4, (real, shuffled)
 
 
+@pytest.mark.slow
 def test_a_tiny_transformer_run_trains_evaluates_and_draws_its_attention(tiny_data_root, tmp_path, capsys):
     run_dir = tiny_data_root / "runs" / "tiny_transformer"
     train(tiny_config(tiny_data_root, "decoder.name=transformer", "decoder.transformer_heads=2", "training.epochs=1"),
