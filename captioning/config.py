@@ -380,6 +380,12 @@ class RuntimeConfig:
     # CPU without AVX512-BF16), and the loss differs from a float32 run by rounding, more
     # as training goes on. Measured: docs/results.md#mixed-precision-xla-and-bfloat16-on-cpu.
     mixed_precision: bool = False
+    # The 16-bit type mixed_precision computes in: "float16" (Keras "mixed_float16", with
+    # dynamic loss scaling; fast on GPUs with tensor cores) or "bfloat16" ("mixed_bfloat16":
+    # float32's exponent range, so no loss scaling; fast on CPUs with AVX512-BF16 or AMX and
+    # on TPUs). Default float16: the type Keras and most GPU recipes mean by mixed precision.
+    # benchmarks/bench.py reports what each buys on the machine at hand (make bench PART=decoders).
+    mixed_precision_dtype: str = "float16"
     # Compile the training step with XLA (model.compile(jit_compile=...)). Off by default:
     # on 2 CPU cores a Flickr8k-sized step was slower with it, after a long compile of each
     # batch shape (docs/results.md#mixed-precision-xla-and-bfloat16-on-cpu); feature batches

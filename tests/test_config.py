@@ -504,6 +504,8 @@ INVALID_VALUES = [
     ("training.learning_rate_decay=0", r"training.learning_rate_decay=0.0 must be above 0 and at most 1"),
     ("runtime.checkpoint_every_steps=-1", r"runtime.checkpoint_every_steps=-1 is negative"),
     ("runtime.strategy=tpu", r"unknown runtime.strategy 'tpu'; valid: default, mirrored, multi_worker"),
+    ("runtime.mixed_precision_dtype=float8", r"unknown mixed precision dtype 'float8' \(runtime.mixed_precision_dtype\); "
+                                              r"valid: float16, bfloat16"),
     ("training.early_stopping_split=dev", r"unknown training.early_stopping_split 'dev'; valid: val, train_tail"),
     ("training.evaluation_split=tset", r"unknown evaluation split 'tset' \(training.evaluation_split\); valid: train"),
     ("training.gradient_norm_interval=0", r"training.gradient_norm_interval=0 must be at least 1"),

@@ -11,7 +11,10 @@ Under "mixed_float16" every layer computes in float16 while its weights stay flo
 the decoders cast their logits (and attention scores before the softmax) to float32, so
 the loss, the softmax and beam search's log-probabilities never run in float16, and
 ``model.compile`` wraps the optimizer in Keras' LossScaleOptimizer (dynamic loss scaling),
-which keeps small float16 gradients from flushing to zero.
+which keeps small float16 gradients from flushing to zero. With
+``runtime.mixed_precision_dtype = "bfloat16"`` the policy is "mixed_bfloat16": the same
+float32 weights, logits and loss, compute in bfloat16, whose float32 exponent range needs no
+loss scaling (Keras wraps the optimizer for "mixed_float16" only).
 """
 
 from __future__ import annotations
@@ -20,13 +23,20 @@ import contextlib
 
 import keras
 
-from captioning.config import RuntimeConfig
+from captioning.config import ConfigError, RuntimeConfig
 
-MIXED_POLICY = "mixed_float16"
+# runtime.mixed_precision_dtype -> the Keras dtype policy mixed precision uses.
+MIXED_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 def policy_name(runtime: RuntimeConfig) -> str:
-    return MIXED_POLICY if runtime.mixed_precision else "float32"
+    """The Keras dtype policy of ``runtime``: "float32", "mixed_float16" or "mixed_bfloat16"."""
+    if not runtime.mixed_precision:
+        return "float32"
+    if runtime.mixed_precision_dtype not in MIXED_POLICIES:
+        raise ConfigError(f"unknown runtime.mixed_precision_dtype '{runtime.mixed_precision_dtype}'; valid: "
+                          f"{', '.join(MIXED_POLICIES)}")
+    return MIXED_POLICIES[runtime.mixed_precision_dtype]
 
 
 @contextlib.contextmanager
