@@ -22,7 +22,7 @@ Sections, one per component that reads them (each receives its own, ``build_enco
                      decay, patience, seed, which images train, stop early and report
     [fine_tune]      phase 2 (with encoder.fine_tune_layers > 0): its epochs and learning rate
     [self_critical]  the self-critical phase: epochs, learning rate, samples, reward_end
-    [runtime]        how a run uses the machine: mixed_precision, jit_compile, strategy,
+    [runtime]        how a run uses the machine: mixed_precision (and its dtype), jit_compile, strategy,
                      checkpoint_every_steps
 
 [fine_tune], [self_critical] and [runtime] were split out of [training]; the old keys

@@ -34,6 +34,9 @@ def test_quick_bench_writes_every_figure_as_a_positive_finite_number(tmp_path, c
     assert set(report["targets"]) == set(KEYS) == set(TARGETS)
     assert report["details"]["images"].startswith("synthetic")  # no data set needed
     assert report["details"]["training_peak_memory_gb"]["steps"] == 3
+    for decoder in ("rnn", "attention"):  # each decoder's epoch is also timed in bfloat16
+        epoch = report["details"][f"{decoder}_epoch_seconds"]
+        assert epoch["bfloat16_speedup"] == pytest.approx(epoch["epoch_seconds"] / epoch["bfloat16_epoch_seconds"])
     assert 0.05 < report["training_peak_memory_gb"] < 8  # a TensorFlow process, not a number of KiB or bytes
     batch = report["details"]["batch_vs_per_call_speedup"]
     assert len(batch["per_call_seconds"]) == 1 and batch["per_call_seconds"][0] > 1  # a whole `caption` process
