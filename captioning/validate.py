@@ -36,7 +36,7 @@ from captioning.models.caption_model import image_shape
 from captioning.models.decoder_base import OUTPUT_LAYERS, check_choice
 from captioning.models.decoders import ATTENTION_PLACEMENTS, CELL_CLASSES, DECODERS, IMAGE_POOLINGS, PENALTY_SCALES
 from captioning.models.encoders import ACTIVATIONS, build_encoder, check_encoder_name, encoder_is_frozen, is_pretrained
-from captioning.models.precision import MIXED_POLICIES
+from captioning.models.precision import check_precision
 from captioning.models.search import check_generation
 
 # The valid ``runtime.strategy`` values; distribution.py builds each.
@@ -155,8 +155,7 @@ def check_learning_rate_decay(training: TrainingConfig) -> None:
 def check_runtime(runtime: RuntimeConfig) -> None:
     check_checkpointing(runtime)
     check_strategy(runtime)
-    check_choice("mixed precision dtype", runtime.mixed_precision_dtype, "runtime.mixed_precision_dtype",
-                 MIXED_POLICIES)
+    check_precision(runtime)
 
 
 def check_checkpointing(runtime: RuntimeConfig) -> None:

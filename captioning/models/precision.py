@@ -23,19 +23,24 @@ import contextlib
 
 import keras
 
-from captioning.config import ConfigError, RuntimeConfig
+from captioning.config import RuntimeConfig
+from captioning.models.decoder_base import check_choice
 
 # runtime.mixed_precision_dtype -> the Keras dtype policy mixed precision uses.
 MIXED_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+def check_precision(runtime: RuntimeConfig) -> None:
+    """ConfigError unless ``runtime.mixed_precision_dtype`` names a policy (validate.py runs it too)."""
+    check_choice("mixed precision dtype", runtime.mixed_precision_dtype, "runtime.mixed_precision_dtype",
+                 MIXED_POLICIES)
 
 
 def policy_name(runtime: RuntimeConfig) -> str:
     """The Keras dtype policy of ``runtime``: "float32", "mixed_float16" or "mixed_bfloat16"."""
     if not runtime.mixed_precision:
         return "float32"
-    if runtime.mixed_precision_dtype not in MIXED_POLICIES:
-        raise ConfigError(f"unknown runtime.mixed_precision_dtype '{runtime.mixed_precision_dtype}'; valid: "
-                          f"{', '.join(MIXED_POLICIES)}")
+    check_precision(runtime)
     return MIXED_POLICIES[runtime.mixed_precision_dtype]
 
 
