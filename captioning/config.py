@@ -244,7 +244,7 @@ class DecoderConfig:
     # a few thousand training images can fit.
     transformer_layers: int = 3
     transformer_heads: int = 8
-    # How the per-token outputs become vocabulary logits (decoder_parts.OutputHead): "deep" goes
+    # How the per-token outputs become vocabulary logits (decoder_base.OutputHead): "deep" goes
     # through the embedding width first, L_o(E y + L_hz [h, z]) as in Show, Attend and Tell;
     # "wide" is one Dense from [h, (z,) E y] to the vocabulary. Deep by default: the wide
     # layer of the attention decoder was about half of its training FLOPs (1,536 x 2,500

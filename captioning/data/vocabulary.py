@@ -1,7 +1,7 @@
 """Caption text <-> token ids.
 
 Captions are lower-cased, stripped of punctuation and split on whitespace (``words``);
-the same tokenization feeds BLEU (see ``metrics.py``), so what the model learns and what
+the same tokenization feeds BLEU (see ``evaluation/bleu.py``), so what the model learns and what
 it is scored on are the same words.
 """
 

@@ -18,7 +18,7 @@ pycocoevalcap (1.2) is the Python 3 port of the MS COCO caption evaluation code
   precision and recall, each maximized over the references separately -- averaged over
   images.
 - ``coco_bleu_1`` .. ``coco_bleu_4``: pycocoevalcap's BLEU, kept only to check our nltk BLEU
-  (``metrics.py``) against it. On the same tokens the two agree within 1e-9 except in two cases,
+  (``bleu.py``) against it. On the same tokens the two agree within 1e-9 except in two cases,
   pinned by tests/test_coco_metrics.py: an n-gram order with no match at all scores 0 in
   nltk but a small positive number here (pycocoevalcap adds 1e-15 to every match count
   and 1e-9 to every n-gram count), and a hypothesis shorter than n words adds one n-gram to

@@ -9,7 +9,7 @@ Pretrained backbones (``vgg16``, ``mobilenet``, ``resnet50``, ``inception_v3``,
 ``efficientnet_b0``) share one code path: weights "imagenet", a local file or "none";
 frozen, fully trainable, with the last block fine-tuned, or with its top N weighted layers
 trainable for the second phase of a fine-tuned run (``build_encoder(..., fine_tuning=True)``,
-see training.py). Each encoder also names the normalization the image loader must apply
+see training/phases.py). Each encoder also names the normalization the image loader must apply
 (``normalization_for(config.encoder)``).
 """
 

@@ -4,7 +4,7 @@
 epoch, so an interruption at any moment leaves a consistent pair: the state always points
 at complete weights (model + optimizer) written before it.
 
-A run with a fine-tuning phase has one checkpoint per phase (training.py puts phase 2's in
+A run with a fine-tuning phase has one checkpoint per phase (training/loop.py puts phase 2's in
 ``checkpoint/fine_tune/``); each state records its ``phase`` and ``first_epoch``. Epochs are
 numbered across the run: phase 2 of a run whose phase 1 ended after epoch 10 starts at 11.
 

@@ -22,7 +22,7 @@ computes the i-th contiguous slice of the images (``distribution.shard_bounds``)
 order into ``features.npy`` and writes the manifest; the other workers wait for that
 manifest and then memory-map the same file. This needs ``cache_root`` on a filesystem every
 worker sees; without one, ``images.feature_cache_shared = false`` makes every worker
-extract every image into a folder of its own (see training.py).
+extract every image into a folder of its own (see training/training_data.py).
 
 Two runs needing the same features at once (two ``make train`` on the same data and
 encoder) do not both write them: the extraction holds ``features.lock`` (fcntl.flock), and
