@@ -20,7 +20,9 @@ step) is excluded from every timing, and each timing is the best of ``repeats`` 
 | batch_vs_per_call_speedup | that throughput / one `python -m captioning caption IMAGE --model FILE` process per image (the seconds of a few such processes, averaged) | >= 20 |
 
 Speed differs between machines of one kind by up to about 2x: the run prints this
-machine's matmul rate beside the figures (``details.attention_flops_utilization``). Each
+machine's matmul rate beside the figures (``details.attention_flops_utilization``), and the
+utilization divides by the matmul rate measured just before and just after the attention
+epoch (their mean), since one machine's speed also drifts from minute to minute. Each
 decoder's epoch is also timed with bfloat16 mixed precision (``details.<decoder>_epoch_seconds.
 bfloat16_epoch_seconds`` and ``bfloat16_speedup``): a detail, since it pays only on CPUs
 with AVX512-BF16 or AMX.
@@ -92,6 +94,7 @@ class BenchSizes:
     decoder_images: int  # 6-8: images of the synthetic Flickr8k (decoder_bench.py)
     decoder_timed_steps: int  # 6-8: steps timed per decoder (after warm-up steps) and scaled to the epoch
     decoder_warmup_steps: int
+    decoder_repeats: int  # 6-8: each epoch timing is the fastest of this many windows over the same batches
     batch_caption_images: int  # 9: images captioned in one batch run (after a warm-up batch)
     per_call_processes: int  # 9: `caption` processes timed, one image each
     overrides: tuple[str, ...] = ()  # config overrides on top of the experiment
@@ -100,13 +103,13 @@ class BenchSizes:
 FULL = BenchSizes(image_size=224, photo_size=SYNTHETIC_PHOTO_SIZE, extraction_images=256, extraction_batch=32,
                   training_batch=16, cached_steps=30, full_steps=3, generation_images=64, cache_images=500,
                   memory_images=6000, memory_steps=200, vocabulary_words=2500, repeats=2, decoder_images=6000,
-                  decoder_timed_steps=40, decoder_warmup_steps=4, batch_caption_images=64,
+                  decoder_timed_steps=40, decoder_warmup_steps=4, decoder_repeats=3, batch_caption_images=64,
                   per_call_processes=3)
 # For the test suite: every code path in seconds; its numbers mean nothing.
 QUICK = BenchSizes(image_size=32, photo_size=(48, 40), extraction_images=8, extraction_batch=4, training_batch=4,
                    cached_steps=2, full_steps=1, generation_images=4, cache_images=10, memory_images=40,
                    memory_steps=3, vocabulary_words=30, repeats=1, decoder_images=48, decoder_timed_steps=2,
-                   decoder_warmup_steps=1, batch_caption_images=4, per_call_processes=1,
+                   decoder_warmup_steps=1, decoder_repeats=1, batch_caption_images=4, per_call_processes=1,
                    overrides=("decoder.units=16", "decoder.embedding_dim=8", "decoder.max_length=6"))
 
 
@@ -448,27 +451,35 @@ def measure_decoder_epochs(sizes: BenchSizes, work: Path, details: dict) -> None
     Fills ``details`` with one entry per key."""
     from benchmarks.decoder_bench import matmul_flops_per_second, measure_decoder_epoch
 
-    matmul_rate = matmul_flops_per_second()
-    print(f"bench: this machine's float32 matmul rate: {matmul_rate / 1e9:.1f} GFLOP/s", flush=True)
+    matmul_rates = {"at_start": matmul_flops_per_second()}
+    print(f"bench: this machine's float32 matmul rate: {matmul_rates['at_start'] / 1e9:.1f} GFLOP/s", flush=True)
     for name in ("rnn", "attention"):
         print(f"bench: {TARGETS[f'{name}_epoch_seconds'][0]} ...", flush=True)
+        if name == "attention":
+            matmul_rates["before_attention"] = matmul_flops_per_second()
         details[f"{name}_epoch_seconds"] = measure_decoder_epoch(
             name, work, sizes.decoder_images, sizes.decoder_timed_steps, sizes.decoder_warmup_steps,
-            sizes.vocabulary_words, sizes.overrides)
+            sizes.vocabulary_words, sizes.overrides, sizes.decoder_repeats)
+        if name == "attention":
+            matmul_rates["after_attention"] = matmul_flops_per_second()
         # What runtime.mixed_precision_dtype=bfloat16 would buy here (AVX512-BF16 or AMX CPUs
         # run bfloat16 matmuls faster; others emulate them, slower): a detail, not a target.
         bfloat16 = measure_decoder_epoch(
             name, work, sizes.decoder_images, sizes.decoder_timed_steps, sizes.decoder_warmup_steps,
-            sizes.vocabulary_words, (*sizes.overrides, *BFLOAT16_OVERRIDES))
+            sizes.vocabulary_words, (*sizes.overrides, *BFLOAT16_OVERRIDES), sizes.decoder_repeats)
         measured = details[f"{name}_epoch_seconds"]
         measured["bfloat16_epoch_seconds"] = bfloat16["epoch_seconds"]
         measured["bfloat16_speedup"] = measured["epoch_seconds"] / bfloat16["epoch_seconds"]
         print(f"bench: {name}: {measured['epoch_seconds']:.1f} s an epoch in float32, "
               f"{bfloat16['epoch_seconds']:.1f} s with runtime.mixed_precision_dtype=bfloat16", flush=True)
+    # The machine's speed drifts over minutes (other tenants, clocks): the step's rate is
+    # divided by the matmul rate measured just before and just after it (their mean).
     attention = details["attention_epoch_seconds"]
+    adjacent = (matmul_rates["before_attention"] + matmul_rates["after_attention"]) / 2
     details["attention_flops_utilization"] = {
         "step_gflop_per_second": attention["step_flops_per_second"] / 1e9,
-        "matmul_gflop_per_second": matmul_rate / 1e9, "matmul_shape": "(1024 x 1536) @ (1536 x 2048) float32"}
+        "matmul_gflop_per_second": adjacent / 1e9, "matmul_shape": "(1024 x 1536) @ (1536 x 2048) float32",
+        **{f"matmul_gflop_per_second_{when}": rate / 1e9 for when, rate in matmul_rates.items()}}
 
 
 def meets_target(key: str, value: float) -> bool:

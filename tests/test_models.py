@@ -20,7 +20,7 @@ from captioning.models.encoders import (
     is_pretrained,
     normalization_for,
 )
-from captioning.models.recurrence import input_gates, recurrent_update
+from captioning.models.recurrence import has_fused_sequence, input_gates, lstm_hidden_sequence, recurrent_update
 
 IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
 ENCODER_CONFIGS = {
@@ -247,6 +247,54 @@ def test_hoisted_recurrence_equals_the_keras_cell(cell):
         np.testing.assert_allclose(hidden, expected_hidden, rtol=1e-5, atol=1e-6)
         for mine, theirs in zip(state_by_hand, expected_state):
             np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_lstm_matches_autodiff(compiled):
+    """recurrence.lstm_hidden_sequence's hand-written backward pass: its hidden states and
+    the gradients of the gates, the initial hidden and carry state and the recurrent kernel
+    equal autodiff through recurrent_update step by step (known answer), eagerly and
+    traced (as training runs it)."""
+    keras_cell = keras.layers.LSTMCell(6)
+    keras_cell.build((None, 4))
+    rng = np.random.default_rng(0)
+    keras_cell.recurrent_kernel.assign(rng.normal(size=keras_cell.recurrent_kernel.shape).astype("float32"))
+    gates = tf.constant(rng.normal(size=(5, 3, 24)).astype("float32"))  # (length, rows, 4 * units)
+    state = [tf.constant(rng.normal(size=(3, 6)).astype("float32")) for _ in range(2)]
+    weights = tf.constant(rng.normal(size=(5, 3, 6)).astype("float32"))  # a loss that weighs every output
+
+    def by_steps(gates, hidden, carry):
+        outputs, step_state = [], [hidden, carry]
+        for step in range(gates.shape[0]):
+            output, step_state = recurrent_update(keras_cell, gates[step], step_state)
+            outputs.append(output)
+        return tf.stack(outputs)  # (length, rows, units)
+
+    def fused(gates, hidden, carry):
+        return lstm_hidden_sequence(keras_cell, gates, [hidden, carry])
+
+    def value_and_gradients(sequence):
+        with tf.GradientTape() as tape:
+            tape.watch([gates, *state])
+            hidden = sequence(gates, *state)
+            loss = tf.reduce_sum(tf.sin(hidden) * weights)
+        return [hidden, *tape.gradient(loss, [gates, *state, keras_cell.recurrent_kernel])]
+
+    if compiled:
+        value_and_gradients = tf.function(value_and_gradients)
+    assert has_fused_sequence(keras_cell)
+    expected = value_and_gradients(by_steps)
+    for name, mine, theirs in zip(["hidden", "gates", "hidden0", "carry0", "recurrent_kernel"],
+                                  value_and_gradients(fused), expected):
+        assert float(tf.reduce_max(tf.abs(theirs))) > 1e-3, name  # a real gradient to compare
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_only_default_lstm_activations_take_the_fused_sequence():
+    """The hand-written backward pass assumes sigmoid gates and tanh: other cells step."""
+    assert has_fused_sequence(keras.layers.LSTMCell(4))
+    assert not has_fused_sequence(keras.layers.LSTMCell(4, activation="relu"))
+    assert not has_fused_sequence(keras.layers.GRUCell(4))
 
 
 def test_per_image_work_runs_once_and_matches_repeated_features(decoder_name):

@@ -29,12 +29,30 @@ from keras import layers, ops
 from captioning.config import ConfigError, DecoderConfig
 from captioning.data.vocabulary import END_ID, PAD_ID
 from captioning.models.decoder_base import CaptionDecoder, OutputHead, check_choice, over_time, time_major
-from captioning.models.recurrence import input_gates, recurrent_update
+from captioning.models.recurrence import has_fused_sequence, input_gates, lstm_hidden_sequence, recurrent_update
 
 CELL_CLASSES = {"lstm": layers.LSTMCell, "gru": layers.GRUCell}  # stepped by recurrence.py
 STATES_PER_CELL = {"lstm": 2, "gru": 1}  # LSTM carries (hidden, cell), GRU only hidden
 IMAGE_POOLINGS = ("mean", "flatten")
 PENALTY_SCALES = ("per_token", "per_caption")  # decoder.attention_penalty_scale
+
+
+def hidden_sequence(cell, gates, state, unroll=False):
+    """The cell over whole captions whose input side is already computed: gates (rows,
+    length, gate_width), state the cell's initial state -> hidden states (rows, length, units).
+
+    An LSTM with the default activations takes recurrence.lstm_hidden_sequence, whose
+    hand-written backward pass is faster than autodiff through the loop; under XLA
+    (``unroll``) and for GRU cells the steps run through ``over_time``.
+    """
+    if has_fused_sequence(cell) and not unroll:
+        return time_major(lstm_hidden_sequence(cell, time_major(gates), list(state)))
+
+    def step(state, gates_t):
+        _, state = recurrent_update(cell, gates_t, list(state))
+        return tuple(state), tuple(state)  # keras' scan stacks outputs shaped like the carry
+
+    return time_major(over_time(step, tuple(state), time_major(gates), unroll)[0])
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -124,11 +142,7 @@ class RNNDecoder(CaptionDecoder):
         embedded = self.dropout(self.embedding(token_ids), training=training)  # (rows, length, embedding_dim)
         gates = self.cell_gates(embedded, memory.get("image"))  # (rows, length, gate_width)
 
-        def step(state, gates_t):
-            _, state = recurrent_update(self.cell, gates_t, list(state))
-            return tuple(state), tuple(state)  # keras' scan stacks outputs shaped like the carry
-
-        hidden = time_major(over_time(step, memory["state"], time_major(gates), self.unroll)[0])  # (rows, length, units)
+        hidden = hidden_sequence(self.cell, gates, memory["state"], self.unroll)  # (rows, length, units)
         return ops.concatenate([hidden, embedded], axis=-1), None  # (rows, length, units + embedding_dim)
 
     def step(self, token_ids, state, image_input=None):
@@ -430,11 +444,7 @@ class OutputAttentionDecoder(AttentionDecoder):
         embedded = self.dropout(self.embedding(token_ids), training=training)  # (rows, length, embedding_dim)
         gates = self.cell_gates(embedded, memory["image"])  # (rows, length, gate_width)
 
-        def step(state, gates_t):
-            _, state = recurrent_update(self.cell, gates_t, list(state))
-            return tuple(state), tuple(state)  # keras' scan stacks outputs shaped like the carry
-
-        hidden = time_major(over_time(step, memory["state"], time_major(gates), self.unroll)[0])  # (rows, length, units)
+        hidden = hidden_sequence(self.cell, gates, memory["state"], self.unroll)  # (rows, length, units)
         context, attention = self.attend_steps(memory["features"], memory["projected_features"], hidden)
         if training and self.attention_regularization > 0:
             self.add_loss(self.attention_regularization * self.attention_penalty(

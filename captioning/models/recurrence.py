@@ -18,7 +18,8 @@ GRU cells must have Keras' default ``reset_after=True`` (separate input and recu
 
 from __future__ import annotations
 
-from keras import layers, ops
+import tensorflow as tf
+from keras import activations, layers, ops
 
 
 def input_gates(cell, inputs, first_row: int = 0, bias: bool = True):
@@ -61,3 +62,80 @@ def recurrent_update(cell, gates, state):
     candidate = cell.activation(gates[:, 2 * units:] + reset_gate * recurrent[:, 2 * units:])
     hidden = update_gate * state[0] + (1 - update_gate) * candidate
     return hidden, [hidden]
+
+
+def has_fused_sequence(cell) -> bool:
+    """Whether ``lstm_hidden_sequence`` can run this cell: an LSTMCell with Keras' default
+    activations (sigmoid gates, tanh candidate and output), the ones its backward pass
+    differentiates by hand."""
+    return (isinstance(cell, layers.LSTMCell) and cell.activation is activations.tanh
+            and cell.recurrent_activation is activations.sigmoid)
+
+
+def lstm_hidden_sequence(cell, gates, state):
+    """An LSTM over a whole caption with a hand-written backward pass.
+
+    gates: (length, rows, 4 * units) time-major, every input-side part summed (bias
+    included); state: [hidden, carry], each (rows, units). Returns the hidden states
+    (length, rows, units), the same as stepping ``recurrent_update`` (the test
+    ``test_fused_lstm_matches_autodiff`` compares values and every gradient).
+
+    Why by hand: autodiff through the time loop computes the recurrent kernel's gradient
+    as one small (units x rows) @ (rows x 4 units) matmul per step, summed in the loop, and
+    keeps the loop's bookkeeping for every step. Here the backward loop computes only
+    what is sequential, each step's gate gradient dz_t and dz_t @ recurrent_kernel^T, and
+    the kernel's gradient is one large matmul after it: sum_t h_{t-1}^T dz_t =
+    (units x length * rows) @ (length * rows x 4 units). The gate gradients dz are also
+    the gradient of ``gates``.
+    """
+    kernel = ops.cast(cell.recurrent_kernel, gates.dtype)  # (units, 4 * units)
+    return _lstm_sequence(gates, state[0], state[1], kernel)
+
+
+@tf.custom_gradient
+def _lstm_sequence(gates, hidden, carry, kernel):
+    units = kernel.shape[0]
+    # tanh(x) = 2 sigmoid(2x) - 1: one sigmoid over all four gate blocks (Keras' order i, f,
+    # c, o) gives every activation, with the candidate's block scaled by 2 and shifted by -1.
+    block_scale = tf.repeat(tf.constant([1.0, 1.0, 2.0, 1.0], gates.dtype), units)  # (4 * units,)
+    block_shift = tf.repeat(tf.constant([0.0, 0.0, 1.0, 0.0], gates.dtype), units)
+
+    def forward(previous, gates_t):
+        hidden_t, carry_t, _, _ = previous
+        sigmoids = tf.sigmoid((gates_t + tf.matmul(hidden_t, kernel)) * block_scale)  # (rows, 4 * units)
+        gate_values = sigmoids * block_scale - block_shift  # i, f, candidate, o
+        input_gate, forget_gate, candidate, output_gate = tf.split(gate_values, 4, axis=-1)
+        carry_t = forget_gate * carry_t + input_gate * candidate
+        return output_gate * tf.tanh(carry_t), carry_t, gate_values, sigmoids
+
+    # hidden and carry states (length, rows, units), the gate values and their sigmoids
+    # (length, rows, 4 * units), kept for the backward pass
+    hiddens, carries, gate_values, sigmoids = tf.scan(
+        forward, gates, initializer=(hidden, carry, tf.zeros_like(gates[0]), tf.zeros_like(gates[0])))
+
+    def backward(hidden_gradients):
+        previous_carries = tf.concat([carry[None], carries[:-1]], axis=0)  # (length, rows, units): c_{t-1}
+        transposed_kernel = tf.transpose(kernel)  # (4 * units, units)
+        scale_squared = block_scale * block_scale  # d/dz of s * scale - shift with s = sigmoid(z * scale)
+
+        def step_back(following, inputs):
+            hidden_gradient, carry_gradient, _ = following  # from step t + 1
+            output_gradient_t, gate_values_t, sigmoids_t, carry_t, previous_carry = inputs
+            input_gate, forget_gate, candidate, output_gate = tf.split(gate_values_t, 4, axis=-1)
+            hidden_gradient = hidden_gradient + output_gradient_t
+            carry_tanh = tf.tanh(carry_t)
+            carry_gradient = carry_gradient + hidden_gradient * output_gate * (1 - tf.square(carry_tanh))
+            value_gradients = tf.concat([carry_gradient * candidate, carry_gradient * previous_carry,
+                                     carry_gradient * input_gate, hidden_gradient * carry_tanh], axis=-1)  # d loss / d (i, f, candidate, o)
+            gate_gradient = value_gradients * (sigmoids_t * (1 - sigmoids_t) * scale_squared)  # dz_t (rows, 4 * units)
+            return tf.matmul(gate_gradient, transposed_kernel), carry_gradient * forget_gate, gate_gradient
+
+        hidden_gradients_back, carry_gradients_back, gate_gradients = tf.scan(
+            step_back, (hidden_gradients, gate_values, sigmoids, carries, previous_carries),
+            initializer=(tf.zeros_like(hidden), tf.zeros_like(carry), tf.zeros_like(gates[0])), reverse=True)
+        previous_hiddens = tf.concat([hidden[None], hiddens[:-1]], axis=0)  # (length, rows, units): h_{t-1}
+        kernel_gradient = tf.matmul(tf.reshape(previous_hiddens, (-1, units)),
+                                    tf.reshape(gate_gradients, (-1, 4 * units)), transpose_a=True)  # (units, 4 * units)
+        return gate_gradients, hidden_gradients_back[0], carry_gradients_back[0], kernel_gradient
+
+    return hiddens, backward
