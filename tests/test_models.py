@@ -20,6 +20,7 @@ from captioning.models.encoders import (
     is_pretrained,
     normalization_for,
 )
+from captioning.models.optimizer import FusedAdam
 from captioning.models.recurrence import has_fused_sequence, input_gates, lstm_hidden_sequence, recurrent_update
 
 IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
@@ -288,6 +289,27 @@ def test_fused_lstm_matches_autodiff(compiled):
                                   value_and_gradients(fused), expected):
         assert float(tf.reduce_max(tf.abs(theirs))) > 1e-3, name  # a real gradient to compare
         np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("clipnorm", [None, 0.5])
+def test_fused_adam_matches_keras_adam(clipnorm):
+    """optimizer.FusedAdam (one ResourceApplyAdam a weight) gives Keras Adam's weights and
+    slots after several steps (known answer), with an embedding's sparse gradient beside
+    dense ones and with clipping."""
+    def train(optimizer):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.layers.Embedding(12, 4), keras.layers.Flatten(), keras.layers.Dense(3)])
+        model.compile(optimizer=optimizer, loss="mse")
+        rng = np.random.default_rng(1)
+        model.fit(rng.integers(0, 12, (32, 5)), rng.normal(size=(32, 3)), batch_size=8, epochs=3, verbose=0)
+        return model
+
+    fused, plain = train(FusedAdam(0.01, clipnorm=clipnorm)), train(keras.optimizers.Adam(0.01, clipnorm=clipnorm))
+    assert int(fused.optimizer.iterations) == 12
+    for mine, theirs in zip(fused.weights + fused.optimizer.variables, plain.weights + plain.optimizer.variables):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6, err_msg=mine.path)
+    initial = train(keras.optimizers.SGD(0.0))  # the same start, never moved: FusedAdam did move the weights
+    assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(fused.weights, initial.weights)) > 1e-3
 
 
 def test_only_default_lstm_activations_take_the_fused_sequence():

@@ -15,6 +15,7 @@ from captioning.config import ExperimentConfig, RuntimeConfig
 from captioning.data.vocabulary import PAD_ID
 from captioning.models.decoders import build_decoder
 from captioning.models.encoders import build_encoder
+from captioning.models.optimizer import FusedAdam
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -175,12 +176,12 @@ def masked_loss() -> keras.losses.Loss:
 
 
 def compile_model(model: CaptionModel, runtime: RuntimeConfig, learning_rate: float) -> None:
-    """Adam with gradient clipping and the masked loss; XLA if ``runtime.jit_compile``.
+    """Adam (optimizer.FusedAdam) with gradient clipping and the masked loss; XLA if ``runtime.jit_compile``.
     learning_rate: Adam's rate, the phase's own (training.learning_rate, fine_tune.learning_rate, ...).
 
     Under mixed precision Keras wraps the optimizer in a LossScaleOptimizer here (the
     model's dtype policy was set when it was built, see precision.py).
     """
     model.decoder.unroll = runtime.jit_compile  # XLA differentiates only an unrolled time loop
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss=masked_loss(),
+    model.compile(optimizer=FusedAdam(learning_rate, clipnorm=5.0), loss=masked_loss(),
                   jit_compile=runtime.jit_compile)

