@@ -247,6 +247,13 @@ def test_markdown_table_rounds_and_leaves_missing_values_empty():
         "| experiment | bleu_4 | cider | training_seconds |", "|---|---|---|---|", "| a\\|b | 0.123 |  | 12.3 |"]
 
 
+def test_markdown_table_prints_config_values_unrounded():
+    """A learning rate of 5e-4 is a config value, not a metric: it must not print as 0.001."""
+    table = pd.DataFrame({"experiment": ["a", "b"], "training.learning_rate": [5e-4, 1e-3],
+                          "decoder.dropout": [0.3, 0.5], "bleu_4": [0.1234, 0.2]})
+    assert markdown_table(table).splitlines()[2:] == ["| a | 0.0005 | 0.3 | 0.123 |", "| b | 0.001 | 0.5 | 0.200 |"]
+
+
 @pytest.mark.slow
 def test_the_same_config_and_seed_repeat_bleu_4(compared, tmp_path):
     """Retrained from scratch in another runs folder, a config and seed score the same on CPU."""

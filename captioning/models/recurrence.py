@@ -16,7 +16,7 @@ activations, so a decoder keeps ``LSTMCell``/``GRUCell`` (and their saved weight
 When nothing but the recurrence is left in the loop (the rnn decoder, and the attention
 decoder with ``attention_placement = "output"``), an LSTM with the default activations runs
 a whole caption through ``lstm_hidden_sequence``, whose backward pass is written by hand
-(1.5x faster than autodiff through the loop on a Flickr8k-sized batch):
+(1.6x faster than autodiff through the loop on a Flickr8k-sized batch):
 
     hidden = lstm_hidden_sequence(cell, gates, state)   # gates (length, rows, 4 units) -> (length, rows, units)
 

@@ -278,12 +278,13 @@ def cell_value(value):
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """A GitHub Markdown table; floats rounded (3 decimals for metrics), missing values empty."""
+    """A GitHub Markdown table; metrics rounded (3 decimals), config values (dotted columns such as
+    ``training.learning_rate``) as written, so 5e-4 does not print as 0.001; missing values empty."""
     def cell(column: str, value) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return ""
         if isinstance(value, float):
-            return f"{value:.{DECIMALS.get(column, 3)}f}"
+            return f"{value:g}" if "." in column else f"{value:.{DECIMALS.get(column, 3)}f}"
         return str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
