@@ -451,22 +451,24 @@ def measure_decoder_epochs(sizes: BenchSizes, work: Path, details: dict) -> None
     Fills ``details`` with one entry per key."""
     from benchmarks.decoder_bench import matmul_flops_per_second, measure_decoder_epoch
 
+    def epoch(name: str, overrides=()) -> dict:
+        return measure_decoder_epoch(name, work, sizes.decoder_images, sizes.decoder_timed_steps,
+                                     sizes.decoder_warmup_steps, sizes.vocabulary_words,
+                                     (*sizes.overrides, *overrides), sizes.decoder_repeats)
+
     matmul_rates = {"at_start": matmul_flops_per_second()}
     print(f"bench: this machine's float32 matmul rate: {matmul_rates['at_start'] / 1e9:.1f} GFLOP/s", flush=True)
     for name in ("rnn", "attention"):
         print(f"bench: {TARGETS[f'{name}_epoch_seconds'][0]} ...", flush=True)
         if name == "attention":
             matmul_rates["before_attention"] = matmul_flops_per_second()
-        details[f"{name}_epoch_seconds"] = measure_decoder_epoch(
-            name, work, sizes.decoder_images, sizes.decoder_timed_steps, sizes.decoder_warmup_steps,
-            sizes.vocabulary_words, sizes.overrides, sizes.decoder_repeats)
-        if name == "attention":
+            details["attention_epoch_seconds"] = epoch(name)
             matmul_rates["after_attention"] = matmul_flops_per_second()
+        else:
+            details[f"{name}_epoch_seconds"] = epoch(name)
         # What runtime.mixed_precision_dtype=bfloat16 would buy here (AVX512-BF16 or AMX CPUs
         # run bfloat16 matmuls faster; others emulate them, slower): a detail, not a target.
-        bfloat16 = measure_decoder_epoch(
-            name, work, sizes.decoder_images, sizes.decoder_timed_steps, sizes.decoder_warmup_steps,
-            sizes.vocabulary_words, (*sizes.overrides, *BFLOAT16_OVERRIDES), sizes.decoder_repeats)
+        bfloat16 = epoch(name, BFLOAT16_OVERRIDES)
         measured = details[f"{name}_epoch_seconds"]
         measured["bfloat16_epoch_seconds"] = bfloat16["epoch_seconds"]
         measured["bfloat16_speedup"] = measured["epoch_seconds"] / bfloat16["epoch_seconds"]

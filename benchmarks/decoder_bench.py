@@ -8,10 +8,10 @@ with its shipped experiment's sizes and batch through the training code itself
 (``model.fit`` over ``pipeline.feature_dataset``: length buckets, trimmed batches).
 
 An epoch is timed over its first ``timed_steps`` batches after ``warmup_steps`` (tracing),
-the fastest of ``repeats`` such windows, and scaled to the epoch's batch count; the batches come in the epoch's shuffled,
-bucketed order, so their lengths are a fair sample. Machines of one kind differ in speed,
-so the same run measures this machine's float32 matmul rate (MATMUL_SHAPE) and the
-attention step's FLOP rate as a fraction of it:
+the fastest of ``repeats`` such windows, and scaled to the epoch's batch count; the
+batches come in the epoch's shuffled, bucketed order, so their lengths are a fair sample.
+Machines of one kind differ in speed, so the same run measures this machine's float32
+matmul rate (MATMUL_SHAPE) and the attention step's FLOP rate as a fraction of it:
 
     attention FLOPs = 3 x (forward multiply-adds x 2): every matmul of the step counted
     from the layer sizes and the batch's own lengths (per image: the region projection

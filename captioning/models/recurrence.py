@@ -107,18 +107,20 @@ def _lstm_sequence(gates, hidden, carry, kernel):
     block_scale = tf.repeat(tf.constant([1.0, 1.0, 2.0, 1.0], gates.dtype), units)  # (4 * units,)
     block_shift = tf.repeat(tf.constant([0.0, 0.0, 1.0, 0.0], gates.dtype), units)
 
-    def forward(previous, gates_t):
-        hidden_t, carry_t, _, _ = previous
-        sigmoids = tf.sigmoid((gates_t + tf.matmul(hidden_t, kernel)) * block_scale)  # (rows, 4 * units)
-        gate_values = sigmoids * block_scale - block_shift  # i, f, candidate, o
-        input_gate, forget_gate, candidate, output_gate = tf.split(gate_values, 4, axis=-1)
-        carry_t = forget_gate * carry_t + input_gate * candidate
-        return output_gate * tf.tanh(carry_t), carry_t, gate_values, sigmoids
+    def gate_values(sigmoids):
+        """sigmoids (rows, 4 * units) -> input gate, forget gate, candidate, output gate (rows, units) each."""
+        return tf.split(sigmoids * block_scale - block_shift, 4, axis=-1)
 
-    # hidden and carry states (length, rows, units), the gate values and their sigmoids
-    # (length, rows, 4 * units), kept for the backward pass
-    hiddens, carries, gate_values, sigmoids = tf.scan(
-        forward, gates, initializer=(hidden, carry, tf.zeros_like(gates[0]), tf.zeros_like(gates[0])))
+    def forward(previous, gates_t):
+        hidden_t, carry_t, _ = previous
+        sigmoids = tf.sigmoid((gates_t + tf.matmul(hidden_t, kernel)) * block_scale)  # (rows, 4 * units)
+        input_gate, forget_gate, candidate, output_gate = gate_values(sigmoids)
+        carry_t = forget_gate * carry_t + input_gate * candidate
+        return output_gate * tf.tanh(carry_t), carry_t, sigmoids
+
+    # hidden and carry states (length, rows, units) and the gates' sigmoids (length, rows,
+    # 4 * units), kept for the backward pass
+    hiddens, carries, sigmoids = tf.scan(forward, gates, initializer=(hidden, carry, tf.zeros_like(gates[0])))
 
     def backward(hidden_gradients):
         previous_carries = tf.concat([carry[None], carries[:-1]], axis=0)  # (length, rows, units): c_{t-1}
@@ -127,18 +129,19 @@ def _lstm_sequence(gates, hidden, carry, kernel):
 
         def step_back(following, inputs):
             hidden_gradient, carry_gradient, _ = following  # from step t + 1
-            output_gradient_t, gate_values_t, sigmoids_t, carry_t, previous_carry = inputs
-            input_gate, forget_gate, candidate, output_gate = tf.split(gate_values_t, 4, axis=-1)
+            output_gradient_t, sigmoids_t, carry_t, previous_carry = inputs
+            input_gate, forget_gate, candidate, output_gate = gate_values(sigmoids_t)
             hidden_gradient = hidden_gradient + output_gradient_t
             carry_tanh = tf.tanh(carry_t)
             carry_gradient = carry_gradient + hidden_gradient * output_gate * (1 - tf.square(carry_tanh))
-            value_gradients = tf.concat([carry_gradient * candidate, carry_gradient * previous_carry,
-                                     carry_gradient * input_gate, hidden_gradient * carry_tanh], axis=-1)  # d loss / d (i, f, candidate, o)
+            value_gradients = tf.concat(  # d loss / d (i, f, candidate, o): (rows, 4 * units)
+                [carry_gradient * candidate, carry_gradient * previous_carry, carry_gradient * input_gate,
+                 hidden_gradient * carry_tanh], axis=-1)
             gate_gradient = value_gradients * (sigmoids_t * (1 - sigmoids_t) * scale_squared)  # dz_t (rows, 4 * units)
             return tf.matmul(gate_gradient, transposed_kernel), carry_gradient * forget_gate, gate_gradient
 
         hidden_gradients_back, carry_gradients_back, gate_gradients = tf.scan(
-            step_back, (hidden_gradients, gate_values, sigmoids, carries, previous_carries),
+            step_back, (hidden_gradients, sigmoids, carries, previous_carries),
             initializer=(tf.zeros_like(hidden), tf.zeros_like(carry), tf.zeros_like(gates[0])), reverse=True)
         previous_hiddens = tf.concat([hidden[None], hiddens[:-1]], axis=0)  # (length, rows, units): h_{t-1}
         kernel_gradient = tf.matmul(tf.reshape(previous_hiddens, (-1, units)),
