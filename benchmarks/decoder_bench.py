@@ -17,9 +17,11 @@ matmul rate (MATMUL_SHAPE) and the attention step's FLOP rate as a fraction of i
     from the layer sizes and the batch's own lengths (per image: the region projection
     and the initial state; per caption row and time step: W_h h, the scores, the
     context, the gate, the cell's context and recurrent matmuls and the hoisted word
-    matmul (with decoder.attention_placement "output": no context matmul in the cell, the
-    mean image's gates once per caption); per real target token: the output layer); the backward pass counted as twice
-    the forward, as is usual. Element-wise work (softmax, tanh, LayerNorm) is left out.
+    matmul; per real target token: the output layer). With decoder.attention_placement
+    "output" there is no context matmul in the cell, the mean image's gates run once per
+    caption, and W_h h, the scores and the gate run at the real target tokens alone
+    (OutputAttentionDecoder.recur_real). The backward pass counted as twice the forward,
+    as is usual. Element-wise work (softmax, tanh, LayerNorm) is left out.
 """
 
 from __future__ import annotations
@@ -82,18 +84,21 @@ def attention_step_flops(decoder, images: int, captions: np.ndarray, targets: np
     rows, steps = captions.shape[0] * captions.shape[1], captions.shape[2]
     per_image = regions * channels * attention_units + channels * units * decoder.state_count
     per_row = 0
-    per_row_step = (units * attention_units + regions * attention_units + regions * channels
-                    + units * (1 if decoder.attention_gate else 0) + (embedding + units) * gate_width)
+    # W_h h, the scores and the gate: at every step in the loop ("input"), at the real tokens alone after it ("output")
+    attended = units * attention_units + regions * attention_units + units * (1 if decoder.attention_gate else 0)
+    per_row_step = regions * channels + (embedding + units) * gate_width  # the context, the cell
+    per_token = 0
     if decoder.attention_placement == "input":  # the context into the cell
-        per_row_step += channels * gate_width
+        per_row_step += channels * gate_width + attended
     else:  # "output": the mean image at a word's width, its gate rows once per caption
         per_image += channels * embedding
         per_row += embedding * gate_width
+        per_token += attended
     real_tokens = int((targets != 0).sum())
     if decoder.output_layer == "deep":
-        per_token = (units + channels) * embedding + embedding * decoder.vocab_size
+        per_token += (units + channels) * embedding + embedding * decoder.vocab_size
     else:
-        per_token = (units + channels + embedding) * decoder.vocab_size
+        per_token += (units + channels + embedding) * decoder.vocab_size
     multiply_adds = images * per_image + rows * per_row + rows * steps * per_row_step + real_tokens * per_token
     return 3 * 2 * multiply_adds
 

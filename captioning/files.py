@@ -11,6 +11,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -41,6 +42,15 @@ def atomic_path(path: str | Path):
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of atomic_path's temporaries (left by a killed writer)."""
     return name.startswith(".") and ".tmp" in name
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> None:

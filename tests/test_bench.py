@@ -80,11 +80,14 @@ def test_attention_step_flops_counts_every_matmul():
     per_step = 2 * 3 + regions * 3 + regions * channels + 2 + (channels + 2 + 4) * 8
     per_token = (2 + channels) * 4 + 4 * 5
     assert attention_step_flops(decoder, 1, captions, targets) == 6 * (per_image + 2 * per_step + per_token)
-    # attention after the cell: the cell's input is [word, mean image], the image's gates once per caption
+    # attention after the cell: the cell's input is [word, mean image], the image's gates once per
+    # caption, and W_h h, the scores and the gate at the one real target token instead of both steps
     decoder.attention_placement = "output"
     per_image += channels * 4
-    per_step -= channels * 8
+    attended = 2 * 3 + regions * 3 + 2
+    per_step -= channels * 8 + attended
     per_caption = 4 * 8
+    per_token += attended
     assert attention_step_flops(decoder, 1, captions, targets) == 6 * (per_image + per_caption + 2 * per_step + per_token)
 
 

@@ -4,6 +4,7 @@ resumes and repeats over seeds without training anything twice."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from captioning.captioner import Captioner
 from captioning.cli import main, parse_arguments
 from captioning.config import ConfigError, load_config, to_dict, to_toml
 from captioning.evaluation import coco_metrics
-from captioning.evaluation.evaluate import evaluate_captioner
+from captioning.evaluation.evaluate import evaluate_captioner, selection_metrics
 from captioning.reports.compare import compare, expand_experiments, markdown_table
 from captioning.runs import is_finished, load_run_config, run_dirs
 
@@ -290,3 +291,20 @@ def test_compare_results_writes_the_table_command_and_machine_into_its_section(c
     assert text.endswith(f"\n\n{table}<!-- /results -->\n\nafter\n")
     assert "--results tiny" in text and "fill this in" not in text
     assert f"{len(os.sched_getaffinity(0))} CPU cores (" in text and "TensorFlow 2." in text
+
+
+@pytest.mark.slow
+def test_selection_scores_are_kept_until_the_weights_change(compared, tmp_path):
+    """metrics_selection.json is reused while it names the SHA-256 of the run's weights; a
+    run whose weights changed since (resumed with more epochs) is scored again."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(compared.table["run"].iloc[0], run_dir)
+    path = run_dir / "metrics_selection.json"
+    saved = json.loads(path.read_text())
+    assert saved["weights_sha256"] == hashlib.sha256((run_dir / "model.weights.h5").read_bytes()).hexdigest()
+    path.write_text(json.dumps({**saved, "cider": 99.0}))
+    assert selection_metrics(run_dir)["cider"] == 99.0  # the same weights: read back, not recomputed
+    path.write_text(json.dumps({**saved, "cider": 99.0, "weights_sha256": "weights before a resumed run"}))
+    rescored = selection_metrics(run_dir)
+    assert rescored["cider"] == pytest.approx(saved["cider"])
+    assert json.loads(path.read_text())["weights_sha256"] == saved["weights_sha256"]

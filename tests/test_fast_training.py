@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import tiny_config
 
 from captioning.data.pipeline import caption_lengths, feature_dataset
@@ -28,14 +29,18 @@ def padded_captions(images, captions=3, length=9, seed=0):
     return tokens
 
 
+DECODER_SETTINGS = {"rnn": ["decoder.name=rnn"], "attention": ["decoder.name=attention"],
+                    "attention_output": ["decoder.name=attention", "decoder.attention_placement=output"]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("decoder", ["rnn", "attention"])
+@pytest.mark.parametrize("decoder", list(DECODER_SETTINGS))
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_token_loss_equals_the_masked_loss_over_every_position(tmp_path, decoder, jit_compile):
     """Known answer: the output layer on the real tokens alone gives the loss of the full
     logits with padding masked (Keras' ignore_class), plus the attention penalty."""
     keras.utils.set_random_seed(0)
-    config = tiny_config(tmp_path, f"decoder.name={decoder}", f"runtime.jit_compile={str(jit_compile).lower()}")
+    config = tiny_config(tmp_path, *DECODER_SETTINGS[decoder], f"runtime.jit_compile={str(jit_compile).lower()}")
     model = build_feature_model(config, VOCAB_SIZE, (4, 8))
     compile_model(model, config.runtime, config.training.learning_rate)
     tokens = padded_captions(2)
@@ -46,13 +51,53 @@ def test_token_loss_equals_the_masked_loss_over_every_position(tmp_path, decoder
     masked = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
     expected = float(masked(targets, logits))
     assert float(model.token_loss(inputs, targets, training=False)) == pytest.approx(expected, rel=1e-5)
-    if decoder == "attention":  # in training, the doubly stochastic penalty is added to it
+    if decoder != "rnn":  # in training, the doubly stochastic penalty is added to it
         model.decoder.dropout.rate = model.decoder.head.dropout.rate = 0.0  # so training=True changes nothing else
         rows = np.repeat(inputs["features"], 3, axis=0), tokens[:, :, :-1].reshape(6, -1)
         _, attention = model.decoder(rows, training=False, return_attention=True)
         penalty = float(model.decoder.attention_penalty(attention, rows[1], per_token=True))  # the default scale
         trained = float(model.token_loss(inputs, targets, training=True))
         assert penalty > 0.1 and trained == pytest.approx(expected + penalty, rel=1e-5)
+
+
+@pytest.mark.parametrize("decoder", list(DECODER_SETTINGS))
+def test_real_token_outputs_match_every_position(tmp_path, decoder):
+    """Known answer: a decoder's outputs and attention at the real positions alone
+    (sequence_outputs with ``real``; OutputAttentionDecoder attends there only) equal its
+    outputs over every position with the padding dropped, and so do the gradients of every
+    weight through them and through the attention penalty."""
+    keras.utils.set_random_seed(0)
+    config = tiny_config(tmp_path, *DECODER_SETTINGS[decoder], "decoder.dropout=0")
+    decoder_model = build_feature_model(config, VOCAB_SIZE, (4, 8)).decoder
+    tokens = padded_captions(2)
+    token_ids = tokens[:, :, :-1].reshape(6, -1)
+    real = tokens[:, :, 1:].reshape(6, -1) != PAD_ID
+    assert 0 < real.mean() < 1
+    features = tf.constant(np.random.default_rng(1).normal(size=(2, 4, 8)).astype("float32"))
+    weights = tf.constant(np.random.default_rng(2).normal(size=(int(real.sum()), VOCAB_SIZE)).astype("float32"))
+
+    def outputs_and_gradients(every_position: bool):
+        with tf.GradientTape() as tape:
+            outputs, attention = decoder_model((features, token_ids), training=True, captions_per_image=3,
+                                               output_layer=False, real=None if every_position else real)
+            if every_position:
+                outputs = tf.boolean_mask(outputs, real)
+                attention = None if attention is None else tf.boolean_mask(attention, real)
+            logits = decoder_model.output_logits(outputs)  # (real tokens, vocab)
+            loss = tf.reduce_sum(logits * weights) + sum(decoder_model.losses)
+        return outputs, attention, loss, tape.gradient(loss, decoder_model.trainable_weights)
+
+    expected, real_only = outputs_and_gradients(True), outputs_and_gradients(False)
+    np.testing.assert_allclose(real_only[0], expected[0], rtol=1e-5, atol=1e-6)
+    if decoder != "rnn":
+        np.testing.assert_allclose(real_only[1], expected[1], rtol=1e-5, atol=1e-6)
+        assert len(decoder_model.losses) == 1  # the penalty, in both
+    np.testing.assert_allclose(float(real_only[2]), float(expected[2]), rtol=1e-5)
+    for variable, gradient, expected_gradient in zip(decoder_model.trainable_weights, real_only[3], expected[3]):
+        expected_gradient = tf.convert_to_tensor(expected_gradient)
+        assert expected_gradient is not None and float(tf.reduce_max(tf.abs(expected_gradient))) > 0, variable.path
+        np.testing.assert_allclose(tf.convert_to_tensor(gradient), expected_gradient, rtol=1e-4, atol=1e-6,
+                                   err_msg=variable.path)
 
 
 def test_feature_batches_are_trimmed_to_their_longest_caption_and_cover_every_image_once():

@@ -14,8 +14,8 @@ from captioning.data.splits import check_evaluation_split, training_and_stopping
 from captioning.evaluation.attention_statistics import attention_statistics
 from captioning.evaluation.bleu import bleu_scores, shuffled_image_bleu_4
 from captioning.evaluation.coco_metrics import coco_caption_scores
-from captioning.files import write_json, write_text
-from captioning.runs import METRICS_FILE, load_run_config
+from captioning.files import file_sha256, write_json, write_text
+from captioning.runs import METRICS_FILE, WEIGHTS_FILE, load_run_config
 from captioning.validate import validate
 
 SELECTION_METRICS_FILE = "metrics_selection.json"  # in the run directory: selection_metrics
@@ -96,14 +96,20 @@ def selection_metrics(run_dir: Path) -> dict:
     """The run's scores on the images that chose its best epoch (``training.early_stopping_split``:
     ``train_tail`` for the shared Flickr8k, held out from training), with its own generation
     settings; what ``make compare`` picks the best config on, so that the reported split
-    stays unseen by every choice. Computed once into SELECTION_METRICS_FILE."""
+    stays unseen by every choice. Computed once into SELECTION_METRICS_FILE, with the SHA-256
+    of the model's weights: a run whose weights changed since (a resumed run given more
+    epochs) is scored again."""
     path = Path(run_dir) / SELECTION_METRICS_FILE
+    weights_sha256 = file_sha256(Path(run_dir) / WEIGHTS_FILE)
     if path.is_file():
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
+        if metrics.get("weights_sha256") == weights_sha256:
+            return metrics
     captioner = Captioner.from_run(run_dir)
     _, stopping_examples = training_and_stopping_examples(captioner.config)
     metrics, _ = evaluate_examples(captioner, stopping_examples, captioner.config.training.early_stopping_split,
                                    progress=False, attention=False)
+    metrics["weights_sha256"] = weights_sha256
     write_json(path, metrics)
     return metrics
 

@@ -7,6 +7,7 @@ build on these; they live apart so that neither decoder module imports the other
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers, ops, tree
 
 from captioning.config import ConfigError
@@ -84,34 +85,47 @@ class CaptionDecoder(keras.Model):
 
     Subclasses implement ``image_memory(features, training)`` (a dict of per-image
     tensors), ``recur(memory, token_ids, training)`` -> (outputs, attention or None),
-    ``initial_cache`` and ``step_cache``.
+    ``initial_cache`` and ``step_cache``. A subclass whose per-position work need not run
+    at padding overrides ``recur_real`` too (OutputAttentionDecoder: the attention).
     """
 
     has_attention = False  # whether step_cache records "attention" (batch, regions) per word
     unroll = False  # set by model.compile_model under XLA: unroll the time loop (over_time)
 
-    def call(self, inputs, training=None, captions_per_image=1, return_attention=False, output_layer=True):
+    def call(self, inputs, training=None, captions_per_image=1, return_attention=False, output_layer=True,
+             real=None):
         """inputs: features (images, regions, channels), token_ids (images * captions_per_image,
         length) int32, 0 is padding.
 
         Returns logits (rows, length, vocab_size) float32: position t predicts token t + 1;
         with ``return_attention`` (attention decoders) also the weights (rows, length, regions).
-        With ``output_layer=False``: (outputs, attention or None) of sequence_outputs instead.
+        With ``output_layer=False``: (outputs, attention or None) of sequence_outputs instead,
+        at the positions where ``real`` (rows, length) bool is true when it is given.
         """
         features, token_ids = inputs
         outputs, attention = self.sequence_outputs(features, token_ids, training=training,
-                                                   captions_per_image=captions_per_image)
+                                                   captions_per_image=captions_per_image, real=real)
         if not output_layer:
             return outputs, attention
         logits = self.output_logits(outputs, training=training)
         return (logits, attention) if return_attention else logits
 
-    def sequence_outputs(self, features, token_ids, training=None, captions_per_image=1):
-        """-> (outputs (rows, length, width) for output_logits, attention (rows, length, regions) or None)."""
+    def sequence_outputs(self, features, token_ids, training=None, captions_per_image=1, real=None):
+        """-> (outputs (rows, length, width) for output_logits, attention (rows, length, regions) or None);
+        with ``real`` (rows, length) bool, the outputs at its true positions only, (tokens, width),
+        and the attention there (tokens, regions) or None, in row-major order (tf.boolean_mask's)."""
         memory = self.image_memory(features, training=training)
         if captions_per_image != 1:
             memory = tree.map_structure(lambda tensor: ops.repeat(tensor, captions_per_image, axis=0), memory)
-        return self.recur(memory, token_ids, training=training)
+        if real is None:
+            return self.recur(memory, token_ids, training=training)
+        return self.recur_real(memory, token_ids, real, training=training)
+
+    def recur_real(self, memory, token_ids, real, training=None):
+        """recur at the positions where ``real`` (rows, length) is true: (outputs (tokens, width),
+        attention (tokens, regions) or None). Here recur over every position, then the real ones picked."""
+        outputs, attention = self.recur(memory, token_ids, training=training)
+        return tf.boolean_mask(outputs, real), (None if attention is None else tf.boolean_mask(attention, real))
 
     def output_logits(self, outputs, training=None):
         """outputs (..., width) -> logits (..., vocab_size) float32."""

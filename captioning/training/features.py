@@ -46,7 +46,7 @@ import keras
 import numpy as np
 
 from captioning.config import EncoderConfig, ImagesConfig
-from captioning.files import cache_writes, locked, write_json
+from captioning.files import cache_writes, file_sha256, locked, write_json
 from captioning.training.distribution import Worker, shard_bounds
 
 FORMAT_VERSION = 1
@@ -69,14 +69,6 @@ POLL_SECONDS = 1.0
 NOT_IN_KEY = ("fine_tune_layers",)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_key(paths: list[str], encoder: EncoderConfig, images: ImagesConfig, normalization: str) -> tuple[str, dict]:
     """(hex key, the description it hashes). Image files are identified by path, size and mtime:
     hashing every image's bytes would cost as much as decoding it."""
@@ -85,7 +77,7 @@ def cache_key(paths: list[str], encoder: EncoderConfig, images: ImagesConfig, no
         status = os.stat(path)
         listing.update(f"{os.path.abspath(path)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
     weights = encoder.weights
-    weights_digest = _file_digest(Path(weights)) if Path(weights).is_file() else weights
+    weights_digest = file_sha256(Path(weights)) if Path(weights).is_file() else weights
     description = {
         "format_version": FORMAT_VERSION,
         "images": len(paths),
