@@ -10,7 +10,11 @@ a config with no run is trained in a new run directory. A config that differs fr
 finished run's only in ``[generation]`` (greedy vs beam search) is not trained again: that
 run's weights are copied into a run directory of its own and evaluated with this config's
 generation settings; its metrics.json names the run under ``weights_from`` and repeats that
-run's training facts (epochs, training time, parameters). ``out_dir`` then holds:
+run's training facts (epochs, training time, parameters). A config that differs from a
+run's only in ``[self_critical]`` (1 epoch against 3, or 0 for the cross-entropy model) starts
+from that run's finished phase 1, and its self-critical checkpoint when it is an earlier
+state of this config's phase (training/reuse.py); its metrics.json names that run under
+``phase_one_from``, and its training time counts the copied phase 1. ``out_dir`` then holds:
 
     compare.csv           one row per run; over several seeds one row per experiment, with
                           "mean ± std" strings and numeric <metric>_mean / <metric>_std columns
@@ -41,7 +45,7 @@ import pandas as pd
 
 from captioning.config import ConfigError, ExperimentConfig, flatten, load_config, to_dict
 from captioning.evaluation.evaluate import evaluate_run, selection_metrics
-from captioning.files import atomic_path, write_text
+from captioning.files import atomic_path, write_json, write_text
 from captioning.plots.curves import plot_layer_gradient_norms, plot_learning_curves, plot_metric_bars
 from captioning.runs import (
     CHECKPOINT_DIR,
@@ -56,6 +60,7 @@ from captioning.runs import (
 )
 from captioning.training.gradients import mean_norm_per_layer
 from captioning.training.loop import prepare_run_dir, train
+from captioning.training.reuse import phase_one_source, start_from_phase_one
 from captioning.validate import validate
 
 # Caption metrics from metrics.json; the optional ones get a column only when some run has them.
@@ -172,8 +177,9 @@ def expand_experiments(paths) -> list[Path]:
 def run_or_reuse(config: ExperimentConfig, runs_root: Path, saved: dict[Path, dict], verbose) -> tuple[Path, dict]:
     """The newest finished run of ``config`` is reused; else the newest finished run that differs
     only in [generation] is evaluated with this config's generation settings; else the newest
-    unfinished run of ``config`` is resumed; else a new run is trained. Names are ignored
-    throughout. Returns (run directory, metrics)."""
+    unfinished run of ``config`` is resumed; else a new run starts from the newest run that
+    differs only in [self_critical] and has finished phase 1 (reuse.py); else a new run is
+    trained. Names are ignored throughout. Returns (run directory, metrics)."""
     wanted = to_dict(config)
     same = sorted(run_dir for run_dir, values in saved.items() if same_config(values, wanted))
     finished = [run_dir for run_dir in same if is_finished(run_dir)]
@@ -188,6 +194,14 @@ def run_or_reuse(config: ExperimentConfig, runs_root: Path, saved: dict[Path, di
         run_config = under_saved_name(config, saved.setdefault(run_dir, wanted))
         metrics = evaluate_trained_weights(run_config, trained[-1], run_dir)
         action = f"evaluated the weights of {trained[-1]} in"
+    elif not same and (source := phase_one_source(config, saved)) is not None:
+        run_dir = new_run_dir(config, runs_root)
+        run_config = under_saved_name(config, saved.setdefault(run_dir, wanted))
+        start_from_phase_one(run_config, source, run_dir)
+        metrics = train(run_config, run_dir, verbose)
+        metrics["phase_one_from"] = str(source)
+        write_json(run_dir / METRICS_FILE, metrics)
+        action = f"trained from the finished phase 1 of {source} in"
     else:
         run_dir, action = (same[-1], "resumed") if same else (new_run_dir(config, runs_root), "trained")
         run_config = under_saved_name(config, saved.setdefault(run_dir, wanted))  # listed twice: reused
