@@ -308,3 +308,25 @@ def test_selection_scores_are_kept_until_the_weights_change(compared, tmp_path):
     rescored = selection_metrics(run_dir)
     assert rescored["cider"] == pytest.approx(saved["cider"])
     assert json.loads(path.read_text())["weights_sha256"] == saved["weights_sha256"]
+
+
+def test_attention_statistics_get_columns_left_empty_for_decoders_without_attention(tmp_path):
+    """The attention runs' mean entropy and largest weight (metrics.json) are table columns;
+    a decoder without attention has none, and its cells stay empty."""
+    from captioning.reports.compare import ComparedRun, seed_table
+
+    metrics = {"bleu_1": 0.6, "bleu_2": 0.4, "bleu_3": 0.3, "bleu_4": 0.2, "bleu_4_shuffled_images": 0.05,
+               "trainable_parameters": 10, "training_seconds": 1.0, "evaluation_seconds": 1.0, "epochs": 1,
+               "best_epoch": 1}
+    runs = []
+    for index, (decoder, statistics) in enumerate([("rnn", {}), ("attention", {"attention_entropy": 3.5,
+                                                                               "attention_max_weight": 0.1})]):
+        for seed in (0, 1):
+            config = tiny_config(tmp_path, f"decoder.name={decoder}", f"training.seed={seed}")
+            config.name = decoder
+            runs.append(ComparedRun(index, config, tmp_path / f"{decoder}{seed}",
+                                    {**metrics, **{name: value + seed / 10 for name, value in statistics.items()}}))
+    table = seed_table([runs[:2], runs[2:]])
+    assert list(table["attention_entropy"]) == ["", "3.550 ± 0.071"]
+    assert table["attention_max_weight_mean"].iloc[1] == pytest.approx(0.15)
+    assert "attention_entropy" in markdown_table(table[[column for column in table if not column.endswith(("_mean", "_std"))]])

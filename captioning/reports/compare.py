@@ -64,10 +64,13 @@ from captioning.training.reuse import phase_one_source, start_from_phase_one
 from captioning.validate import validate
 
 # Caption metrics from metrics.json; the optional ones get a column only when some run has them.
+# attention_entropy / attention_max_weight: an attention decoder's mean entropy (nats) and
+# largest weight of its attention over the regions, on the reported split (attention_statistics.py).
 METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_images", "cider", "meteor", "rouge_l",
-           "colour_accuracy", "shape_accuracy", "relation_accuracy", "selection_bleu_4", "selection_cider"]
+           "colour_accuracy", "shape_accuracy", "relation_accuracy", "attention_entropy", "attention_max_weight",
+           "selection_bleu_4", "selection_cider"]
 OPTIONAL_METRICS = {"cider", "meteor", "rouge_l", "colour_accuracy", "shape_accuracy", "relation_accuracy",
-                    "selection_bleu_4", "selection_cider"}
+                    "attention_entropy", "attention_max_weight", "selection_bleu_4", "selection_cider"}
 # What picks the best row (the "chosen" column): scores on each run's early-stopping images
 # (selection_metrics), never on the reported split; CIDEr-D first, BLEU-4 when it is missing.
 SELECTION_ORDER = ["selection_cider", "selection_bleu_4"]
