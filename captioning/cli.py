@@ -256,10 +256,12 @@ def run_compare(arguments) -> None:
     experiments = arguments.experiments or [DEFAULT_COMPARISON]
     compare(experiments, Path(arguments.out), seeds=arguments.seeds, overrides=arguments.set, verbose="auto")
     if arguments.results:
-        from captioning.reports.results_page import fill_results_section, results_text
+        from captioning.reports.results_page import copy_plot, fill_results_section, results_text
 
+        page, plot = Path(arguments.results_file), Path(arguments.out) / "compare_metrics.png"
         table = (Path(arguments.out) / "compare.md").read_text()
-        fill_results_section(Path(arguments.results_file), arguments.results, results_text(table, arguments.command_line))
+        link = copy_plot(plot, page, arguments.results) if plot.is_file() else None
+        fill_results_section(page, arguments.results, results_text(table, arguments.command_line, plot=link))
         print(f"wrote the table into the '{arguments.results}' section of {arguments.results_file}")
 
 

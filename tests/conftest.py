@@ -8,6 +8,8 @@ fixture) and in the session's ``trained_run``, so one end-to-end run is scored b
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from captioning.config import load_config
+from captioning.config import load_config, to_toml
 from captioning.evaluation import coco_metrics
 
 REAL_METEOR_SCORE = coco_metrics.meteor_score
@@ -66,6 +68,22 @@ def tiny_config(tmp_path_factory_or_path, *extra):
     root = tmp_path_factory_or_path
     overrides = TINY_OVERRIDES + [f"data.root={root / 'shapes'}", f"images.cache_dir={root / 'cache'}", *extra]
     return load_config(None, overrides)
+
+
+def write_experiment(path, data_root, *overrides):
+    """An experiment TOML file holding the tiny test config (one epoch) plus ``overrides``."""
+    config = tiny_config(data_root, "training.epochs=1", *overrides)
+    config.name = path.stem
+    path.write_text(to_toml(config))
+    return path
+
+
+def quietly(function, *args, **kwargs):
+    """Runs ``function``; returns (its result, what it printed)."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        result = function(*args, **kwargs)
+    return result, output.getvalue()
 
 
 # What every evaluation in the tests reports as METEOR (test_compare.py pins the same value).

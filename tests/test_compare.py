@@ -3,9 +3,7 @@ resumes and repeats over seeds without training anything twice."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -14,12 +12,12 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import tiny_config
+from conftest import quietly, tiny_config, write_experiment
 from PIL import Image
 
 from captioning.captioner import Captioner
 from captioning.cli import main, parse_arguments
-from captioning.config import ConfigError, load_config, to_dict, to_toml
+from captioning.config import ConfigError, load_config, to_dict
 from captioning.evaluation import coco_metrics
 from captioning.evaluation.evaluate import evaluate_captioner, selection_metrics
 from captioning.reports.compare import compare, expand_experiments, markdown_table
@@ -29,22 +27,6 @@ COMPARED_VALUES = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "bleu_4_shuffled_imag
                    "colour_accuracy", "shape_accuracy", "relation_accuracy", "trainable_parameters",
                    "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
 SELECTION_VALUES = ["selection_bleu_4", "selection_cider"]
-
-
-def write_experiment(path, data_root, *overrides):
-    """An experiment TOML file holding the tiny test config (one epoch) plus ``overrides``."""
-    config = tiny_config(data_root, "training.epochs=1", *overrides)
-    config.name = path.stem
-    path.write_text(to_toml(config))
-    return path
-
-
-def quietly(function, *args, **kwargs):
-    """Runs ``function``; returns (its result, what it printed)."""
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        result = function(*args, **kwargs)
-    return result, output.getvalue()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -288,7 +270,9 @@ def test_compare_results_writes_the_table_command_and_machine_into_its_section(c
     table = (tmp_path / "out" / "compare.md").read_text()
     text = page.read_text()
     assert text.startswith("# title\n\n<!-- results:tiny -->\nMade by `python -m captioning compare ")
-    assert text.endswith(f"\n\n{table}<!-- /results -->\n\nafter\n")
+    assert text.endswith(f"\n\n{table}\n![the table's scores, one bar per row and metric](images/results_tiny.png)\n"
+                         "<!-- /results -->\n\nafter\n")
+    assert (tmp_path / "images" / "results_tiny.png").read_bytes() == (tmp_path / "out" / "compare_metrics.png").read_bytes()
     assert "--results tiny" in text and "fill this in" not in text
     assert f"{len(os.sched_getaffinity(0))} CPU cores (" in text and "TensorFlow 2." in text
 

@@ -116,3 +116,35 @@ def test_experiment_files_and_config_comments_point_at_the_results_page_not_the_
     pointing_at_readme = [str(path.relative_to(REPOSITORY_ROOT)) for path in files
                           if re.search(r"\(README\b|README's|\bthe README\b", path.read_text())]
     assert pointing_at_readme == []
+
+
+def results_rows(name: str) -> list[dict[str, str]]:
+    """The rows of the table in the results page's section NAME, as {column: cell}."""
+    text = RESULTS_PAGE.read_text()
+    section = text.split(f"<!-- results:{name} -->", 1)[1].split("<!-- /results -->", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def mean(cell: str) -> float:
+    """0.535 from "0.535 ± 0.008"."""
+    return float(cell.split("±")[0])
+
+
+def test_flickr8k_best_is_the_config_the_decoder_table_chose_on_train_tail():
+    """experiments/flickr8k_best.toml trains the row the decoder table chose by its selection
+    (train_tail) CIDEr-D, and that row beats every cross-entropy-only row on the same score."""
+    from captioning.config import load_config, to_dict
+
+    with_self_critical = results_rows("flickr8k_decoders_scst3")
+    cross_entropy_only = results_rows("flickr8k_decoders_ce")
+    assert len(with_self_critical) == len(cross_entropy_only) == 3
+    chosen = [row for row in with_self_critical if row["chosen"] == "yes"]
+    assert len(chosen) == 1
+    assert mean(chosen[0]["selection_cider"]) == max(mean(row["selection_cider"]) for row in with_self_critical)
+    assert mean(chosen[0]["selection_cider"]) > max(mean(row["selection_cider"]) for row in cross_entropy_only)
+    experiments = REPOSITORY_ROOT / "experiments"
+    best = to_dict(load_config(experiments / "flickr8k_best.toml"))
+    winner = to_dict(load_config(experiments / f"{chosen[0]['experiment']}.toml"))
+    assert {**best, "name": None} == {**winner, "name": None}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from captioning.reports.results_page import ResultsPageError, fill_results_section, machine_description, results_text
+from captioning.reports.results_page import (ResultsPageError, copy_plot, fill_results_section, machine_description,
+                                             results_text)
 
 PAGE = """# results
 
@@ -64,6 +65,17 @@ def test_a_missing_page_is_an_error(tmp_path):
 def test_results_text_says_command_date_and_machine_before_the_table():
     text = results_text("| a |\n|---|\n", "make compare RESULTS=shapes", date="2026-11-27", machine="2 CPU cores (X), no GPU")
     assert text == "Made by `make compare RESULTS=shapes` on 2026-11-27, on 2 CPU cores (X), no GPU.\n\n| a |\n|---|\n"
+
+
+def test_the_plot_is_copied_beside_the_page_and_shown_after_the_table(tmp_path):
+    plot = tmp_path / "out" / "compare_metrics.png"
+    plot.parent.mkdir()
+    plot.write_bytes(b"png bytes")
+    link = copy_plot(plot, tmp_path / "docs" / "results.md", "flickr")
+    assert link == "images/results_flickr.png"
+    assert (tmp_path / "docs" / link).read_bytes() == b"png bytes"
+    text = results_text("| a |\n|---|\n", "make compare", date="2026-12-02", machine="2 CPU cores (X), no GPU", plot=link)
+    assert text.endswith("| a |\n|---|\n\n![the table's scores, one bar per row and metric](images/results_flickr.png)\n")
 
 
 def test_machine_description_names_cores_gpu_and_tensorflow():

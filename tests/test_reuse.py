@@ -3,17 +3,15 @@ that run's phase 1 (training/reuse.py), and gets the weights a run from the begi
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import quietly, write_experiment
 
 from captioning.captioner import Captioner
-from captioning.config import load_config, to_toml
+from captioning.config import load_config
 from captioning.reports.compare import compare
 from captioning.training.loop import train
 
@@ -22,17 +20,7 @@ FROZEN = ["encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none"
 
 
 def experiment(path, data_root, *overrides):
-    config = tiny_config(data_root, *FROZEN, *overrides)
-    config.name = path.stem
-    path.write_text(to_toml(config))
-    return path
-
-
-def quietly(function, *args, **kwargs):
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        result = function(*args, **kwargs)
-    return result, output.getvalue()
+    return write_experiment(path, data_root, *FROZEN, *overrides)
 
 
 def weights_of(run_dir):

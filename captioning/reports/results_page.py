@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import time
 from pathlib import Path
 
-from captioning.files import write_text
+from captioning.files import atomic_path, write_text
 
 END_MARKER = "<!-- /results -->"
 START_PATTERN = re.compile(r"<!-- results:(\S+) -->")
@@ -52,11 +53,25 @@ def fill_results_section(page: Path, name: str, text: str) -> None:
     write_text(page, content[:start] + "\n" + text.strip("\n") + "\n" + content[end:])
 
 
-def results_text(table_markdown: str, command: str, date: str | None = None, machine: str | None = None) -> str:
-    """The section's text: which command made the table, when and on what machine, then the table."""
+def results_text(table_markdown: str, command: str, date: str | None = None, machine: str | None = None,
+                 plot: str | None = None) -> str:
+    """The section's text: which command made the table, when and on what machine, the table,
+    then the picture at ``plot`` (a link relative to the page) when one is given."""
     date = date or time.strftime("%Y-%m-%d")
     machine = machine or machine_description()
-    return f"Made by `{command}` on {date}, on {machine}.\n\n{table_markdown.strip()}\n"
+    picture = f"\n![the table's scores, one bar per row and metric]({plot})\n" if plot else ""
+    return f"Made by `{command}` on {date}, on {machine}.\n\n{table_markdown.strip()}\n{picture}"
+
+
+def copy_plot(plot: Path, page: Path, name: str) -> str:
+    """Copies ``plot`` (compare_metrics.png) to ``images/results_NAME.png`` beside ``page``,
+    atomically; returns the link to it relative to the page."""
+    relative = Path("images") / f"results_{name}{Path(plot).suffix}"
+    destination = Path(page).parent / relative
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(destination) as temporary:
+        shutil.copyfile(plot, temporary)
+    return relative.as_posix()
 
 
 def machine_description() -> str:
