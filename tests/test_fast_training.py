@@ -127,3 +127,24 @@ def test_length_buckets_group_images_of_similar_caption_length():
     bucketed, plain = batch_lengths(True), batch_lengths(False)
     assert np.mean(bucketed) < 0.75 * np.mean(plain), (np.mean(bucketed), np.mean(plain))
     assert batch_lengths(True) == bucketed and batch_lengths(True, seed=1) != bucketed  # the seed repeats
+
+
+@pytest.mark.parametrize("rows", [[0, 0, 1, 3, 3, 3], [1, 2, 2]], ids=["every_row_to_the_last", "first_and_last_rows_untaken"])
+def test_take_sorted_rows_gives_tf_gathers_values_and_gradient(rows):
+    """Known answer: tf.gather's values and gradient, also when rows at either end are never taken."""
+    from captioning.models.decoder_base import take_sorted_rows
+
+    values = tf.constant(np.random.default_rng(0).normal(size=(4, 3, 2)), dtype=tf.float32)
+    weights = tf.constant(np.random.default_rng(1).normal(size=(len(rows), 3, 2)), dtype=tf.float32)
+    indices = tf.constant(rows, dtype=tf.int64)
+    results = {}
+    for name, take in {"gather": lambda v: tf.gather(v, indices), "sorted": lambda v: take_sorted_rows(v, indices)}.items():
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            taken = take(values)
+            loss = tf.reduce_sum(tf.tanh(taken) * weights)
+        results[name] = (taken.numpy(), tf.convert_to_tensor(tape.gradient(loss, values)).numpy())
+    np.testing.assert_allclose(results["sorted"][0], results["gather"][0])
+    np.testing.assert_allclose(results["sorted"][1], results["gather"][1], rtol=1e-6)
+    untaken = [row for row in range(4) if row not in rows]
+    assert np.all(results["sorted"][1][untaken] == 0) and np.all(np.delete(results["sorted"][1], untaken, axis=0) != 0)

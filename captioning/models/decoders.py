@@ -29,7 +29,7 @@ from keras import layers, ops
 
 from captioning.config import ConfigError, DecoderConfig
 from captioning.data.vocabulary import END_ID, PAD_ID
-from captioning.models.decoder_base import CaptionDecoder, OutputHead, check_choice, over_time, time_major
+from captioning.models.decoder_base import CaptionDecoder, OutputHead, check_choice, over_time, take_sorted_rows, time_major
 from captioning.models.recurrence import has_fused_sequence, input_gates, lstm_hidden_sequence, recurrent_update
 
 CELL_CLASSES = {"lstm": layers.LSTMCell, "gru": layers.GRUCell}  # stepped by recurrence.py
@@ -463,7 +463,7 @@ class OutputAttentionDecoder(AttentionDecoder):
         embedded, hidden = self.hidden_states(memory, token_ids, training=training)
         positions = tf.where(real)  # (tokens, 2): row, step, in row-major order
         hidden = tf.gather_nd(hidden, positions)  # (tokens, units)
-        projected = ops.take(memory["projected_features"], positions[:, 0], axis=0)  # (tokens, regions, attention_units)
+        projected = take_sorted_rows(memory["projected_features"], positions[:, 0])  # (tokens, regions, attention_units)
         attention = self.attention_weights(projected, hidden)  # (tokens, regions)
         # The context as a batched matmul per row: the weights back in place, zeros at padding.
         every_step = tf.scatter_nd(positions, attention, (*ops.shape(token_ids), ops.shape(attention)[-1]))  # (rows, length, regions)
