@@ -390,13 +390,13 @@ def test_decoder_rejects_unknown_cell_and_pooling():
         make_decoder("gru", pooling="max")
 
 
-def test_the_grid14_experiment_gives_mobilenet_a_14_by_14_region_grid_and_the_recipe_7_by_7():
+def test_the_grid14_experiment_gives_mobilenet_a_14_by_14_region_grid_and_its_base_7_by_7():
     from captioning.config import load_config
     from captioning.models.caption_model import image_shape
 
     grids = {}
-    for name in ("flickr8k_attention_scst3", "flickr8k_attention_grid14"):
+    for name in ("flickr8k_attention_lambda/lambda_0_01", "flickr8k_attention_grid14"):
         config = load_config(Path(__file__).parents[1] / "experiments" / f"{name}.toml")
         encoder = build_encoder(replace(config.encoder, weights="none"), image_shape(config), load_pretrained=False)
         grids[name] = tuple(encoder.grid_shape(image_shape(config)))
-    assert grids == {"flickr8k_attention_scst3": (7, 7), "flickr8k_attention_grid14": (14, 14)}
+    assert grids == {"flickr8k_attention_lambda/lambda_0_01": (7, 7), "flickr8k_attention_grid14": (14, 14)}
