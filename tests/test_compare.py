@@ -314,3 +314,17 @@ def test_attention_statistics_get_columns_left_empty_for_decoders_without_attent
     assert list(table["attention_entropy"]) == ["", "3.550 ± 0.071"]
     assert table["attention_max_weight_mean"].iloc[1] == pytest.approx(0.15)
     assert "attention_entropy" in markdown_table(table[[column for column in table if not column.endswith(("_mean", "_std"))]])
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_the_metrics_plot_names_the_split_the_scores_are_on(tmp_path, monkeypatch, split):
+    from captioning.reports import compare as compare_module
+
+    titles = []
+    monkeypatch.setattr(compare_module, "plot_metric_bars", lambda *args, title, **kwargs: titles.append(title))
+    monkeypatch.setattr(compare_module, "plot_learning_curves", lambda *args, **kwargs: None)
+    run = SimpleNamespace(config=SimpleNamespace(training=SimpleNamespace(evaluation_split=split, seed=0)),
+                          run_dir=tmp_path)
+    table = pd.DataFrame({"experiment": ["a", "b"], "bleu_4": [0.1, 0.2]})
+    compare_module.plot_comparison(table, [[run], [run]], tmp_path, aggregate=False)
+    assert titles == [f"{split} split scores"]

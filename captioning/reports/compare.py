@@ -332,8 +332,9 @@ def plot_comparison(table: pd.DataFrame, groups: list[list[ComparedRun]], out_di
         errors = {name: list(table[f"{name}_std"]) for name in plotted}
     else:
         values, errors = {name: list(table[name]) for name in plotted}, None
+    splits = sorted({run.config.training.evaluation_split for group in groups for run in group})
     plot_metric_bars(labels, values, out_dir / "compare_metrics.png", errors=errors,
-                     title="test metrics" + (" (mean ± std over seeds)" if aggregate else ""))
+                     title=f"{' / '.join(splits)} split scores" + (" (mean ± std over seeds)" if aggregate else ""))
     histories = {label: [read_history(run.run_dir) for run in group] for label, group in zip(labels, groups)}
     plot_learning_curves(histories, out_dir / "compare_curves.png")
     written = ["compare_metrics.png", "compare_curves.png"]
