@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from captioning.reports.results_page import END_MARKER, start_marker
+
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 README = REPOSITORY_ROOT / "README.md"
 RESULTS_PAGE = REPOSITORY_ROOT / "docs" / "results.md"
@@ -121,7 +123,7 @@ def test_experiment_files_and_config_comments_point_at_the_results_page_not_the_
 def results_rows(name: str) -> list[dict[str, str]]:
     """The rows of the table in the results page's section NAME, as {column: cell}."""
     text = RESULTS_PAGE.read_text()
-    section = text.split(f"<!-- results:{name} -->", 1)[1].split("<!-- /results -->", 1)[0]
+    section = text.split(start_marker(name), 1)[1].split(END_MARKER, 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]

@@ -34,7 +34,7 @@ def take_sorted_rows(values, rows):
     The forward pass is ``tf.gather``'s; the gradient sums each row's slices with the sorted
     ``segment_sum`` instead of the ``unsorted_segment_sum`` tf.gather's gradient becomes,
     which is the slower of the two on CPU for the (tokens, regions, attention_units) slices
-    OutputAttentionDecoder.recur_real takes (test_models: the gradients agree)."""
+    OutputAttentionDecoder.recur_real takes (test_fast_training: the values and gradients agree)."""
 
     @tf.custom_gradient
     def take(values):
