@@ -400,3 +400,24 @@ def test_the_grid14_experiment_gives_mobilenet_a_14_by_14_region_grid_and_its_ba
         encoder = build_encoder(replace(config.encoder, weights="none"), image_shape(config), load_pretrained=False)
         grids[name] = tuple(encoder.grid_shape(image_shape(config)))
     assert grids == {"flickr8k_attention_lambda/lambda_0_01": (7, 7), "flickr8k_attention_grid14": (14, 14)}
+
+
+def test_the_grid14_self_critical_experiment_differs_from_its_comparisons_in_what_it_says():
+    """flickr8k_attention_grid14_scst3.toml is the grid14 run with three self-critical epochs
+    (so make compare starts it from that run's phase 1) and the 7 x 7 recipe with the larger
+    images and lambda = 0.01 (so its comparison with flickr8k_attention_scst3 is one of grids)."""
+    from captioning.config import load_config, to_dict
+
+    experiments = Path(__file__).parents[1] / "experiments"
+    grid14_scst3, grid14, scst3 = (to_dict(load_config(experiments / f"{name}.toml")) for name in (
+        "flickr8k_attention_grid14_scst3", "flickr8k_attention_grid14", "flickr8k_attention_scst3"))
+
+    def differences(first: dict, second: dict) -> dict:
+        return {f"{section}.{field}": (value, second[section][field])
+                for section, values in first.items() if isinstance(values, dict)
+                for field, value in values.items() if value != second[section][field]}
+
+    assert differences(grid14_scst3, grid14) == {"self_critical.epochs": (3, 0)}
+    assert differences(grid14_scst3, scst3) == {"images.x_size": (448, 224), "images.y_size": (448, 224),
+                                                "images.cache": (False, True),
+                                                "decoder.attention_regularization": (0.01, 1.0)}
