@@ -402,15 +402,19 @@ def test_the_grid14_experiment_gives_mobilenet_a_14_by_14_region_grid_and_its_ba
     assert grids == {"flickr8k_attention_lambda/lambda_0_01": (7, 7), "flickr8k_attention_grid14": (14, 14)}
 
 
-def test_the_grid14_self_critical_experiment_differs_from_its_comparisons_in_what_it_says():
+def test_the_self_critical_comparisons_differ_from_their_rows_in_what_they_say():
     """flickr8k_attention_grid14_scst3.toml is the grid14 run with three self-critical epochs
     (so make compare starts it from that run's phase 1) and the 7 x 7 recipe with the larger
-    images and lambda = 0.01 (so its comparison with flickr8k_attention_scst3 is one of grids)."""
+    images and lambda = 0.01; flickr8k_attention_scst3_lambda0_01.toml is the recipe at
+    lambda = 0.01 and the sweep's lambda = 0.01 run with the three epochs. So the grids
+    compare at one lambda, and the lambdas at one grid."""
     from captioning.config import load_config, to_dict
 
     experiments = Path(__file__).parents[1] / "experiments"
-    grid14_scst3, grid14, scst3 = (to_dict(load_config(experiments / f"{name}.toml")) for name in (
-        "flickr8k_attention_grid14_scst3", "flickr8k_attention_grid14", "flickr8k_attention_scst3"))
+    grid14_scst3, grid14, scst3, scst3_lambda, lambda_only = (
+        to_dict(load_config(experiments / f"{name}.toml")) for name in (
+            "flickr8k_attention_grid14_scst3", "flickr8k_attention_grid14", "flickr8k_attention_scst3",
+            "flickr8k_attention_scst3_lambda0_01", "flickr8k_attention_lambda/lambda_0_01"))
 
     def differences(first: dict, second: dict) -> dict:
         return {f"{section}.{field}": (value, second[section][field])
@@ -421,3 +425,7 @@ def test_the_grid14_self_critical_experiment_differs_from_its_comparisons_in_wha
     assert differences(grid14_scst3, scst3) == {"images.x_size": (448, 224), "images.y_size": (448, 224),
                                                 "images.cache": (False, True),
                                                 "decoder.attention_regularization": (0.01, 1.0)}
+    assert differences(scst3_lambda, scst3) == {"decoder.attention_regularization": (0.01, 1.0)}
+    assert differences(scst3_lambda, lambda_only) == {"self_critical.epochs": (3, 0)}
+    assert differences(grid14_scst3, scst3_lambda) == {"images.x_size": (448, 224), "images.y_size": (448, 224),
+                                                       "images.cache": (False, True)}
