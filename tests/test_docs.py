@@ -136,7 +136,8 @@ def mean(cell: str) -> float:
 
 def test_flickr8k_best_is_the_config_the_decoder_table_chose_on_train_tail():
     """experiments/flickr8k_best.toml trains the row the decoder table chose by its selection
-    (train_tail) CIDEr-D, and that row beats every cross-entropy-only row on the same score."""
+    (train_tail) CIDEr-D, that row beats every cross-entropy-only row on the same score, and
+    the lambda comparison after it chose the same row."""
     from captioning.config import load_config, to_dict
 
     with_self_critical = results_rows("flickr8k_decoders_scst3")
@@ -150,3 +151,6 @@ def test_flickr8k_best_is_the_config_the_decoder_table_chose_on_train_tail():
     best = to_dict(load_config(experiments / "flickr8k_best.toml"))
     winner = to_dict(load_config(experiments / f"{chosen[0]['experiment']}.toml"))
     assert {**best, "name": None} == {**winner, "name": None}
+    # The later lambda comparison (the winner at lambda 1 and at 0.01) kept the same config.
+    lambda_rows = results_rows("flickr8k_lambda_scst3")
+    assert [row["experiment"] for row in lambda_rows if row["chosen"] == "yes"] == [chosen[0]["experiment"]]
