@@ -328,3 +328,20 @@ def test_the_metrics_plot_names_the_split_the_scores_are_on(tmp_path, monkeypatc
     table = pd.DataFrame({"experiment": ["a", "b"], "bleu_4": [0.1, 0.2]})
     compare_module.plot_comparison(table, [[run], [run]], tmp_path, aggregate=False)
     assert titles == [f"{split} split scores"]
+
+
+def test_the_metrics_plot_shows_the_selection_cider_and_names_its_split(tmp_path, monkeypatch):
+    from captioning.reports import compare as compare_module
+
+    plotted = []
+    monkeypatch.setattr(compare_module, "plot_metric_bars",
+                        lambda labels, values, path, errors=None, title="": plotted.append((values, title)))
+    monkeypatch.setattr(compare_module, "plot_learning_curves", lambda *args, **kwargs: None)
+    run = SimpleNamespace(config=SimpleNamespace(training=SimpleNamespace(evaluation_split="val", seed=0)),
+                          run_dir=tmp_path, metrics={"selection_split": "train_tail"})
+    table = pd.DataFrame({"experiment": ["a", "b"], "cider": [0.4, 0.5], "selection_cider": [0.45, None]})
+    compare_module.plot_comparison(table, [[run], [run]], tmp_path, aggregate=False)
+    values, title = plotted[0]
+    assert values["selection_cider"][0] == 0.45 and values["selection_cider"][1] != values["selection_cider"][1]  # NaN
+    assert title == "val split scores, selection_cider on train_tail (it chooses)"
+

@@ -59,9 +59,9 @@ def plot_metric_bars(labels: list[str], values: dict[str, list[float]], path: st
     """Grouped bars: one group per metric, one bar per label (run), error bars from ``errors``.
 
     values: metric name -> one value per label (NaN draws no bar). CIDEr runs to 10 and would
-    flatten BLEU's 0..1 bars, so it gets a panel of its own.
+    flatten BLEU's 0..1 bars, so the CIDEr scores (names ending in "cider") get a panel of their own.
     """
-    panels = [[name for name in values if name != "cider"], [name for name in values if name == "cider"]]
+    panels = [[name for name in values if not name.endswith("cider")], [name for name in values if name.endswith("cider")]]
     panels = [names for names in panels if names and any(value == value for name in names for value in values[name])]
     panels = panels or [list(values)]  # nothing measured: empty axes rather than no file
     figure, axes = plt.subplots(1, len(panels), figsize=(4 + 0.3 * len(labels) * len(values), 4.5), dpi=100,

@@ -23,7 +23,8 @@ state of this config's phase (training/reuse.py); its metrics.json names that ru
                           images (``evaluate.selection_metrics``: train_tail for the shared Flickr8k),
                           and "chosen": the row with the best of those, so the pick never looks at
                           the reported split
-    compare_metrics.png   BLEU-1..4 and CIDEr per row, bars side by side (error bars: std over seeds)
+    compare_metrics.png   BLEU-1..4, CIDEr and the selection split's CIDEr (selection_cider) per row,
+                          bars side by side (error bars: std over seeds)
     compare_curves.png    loss and validation loss per epoch of every trained run, overlaid
     compare_gradient_norms.png   when runs logged them (training.log_gradient_norms): the mean
                           first-epoch gradient norm of each encoder convolution, one line per row
@@ -78,7 +79,8 @@ SELECTION_ORDER = ["selection_cider", "selection_bleu_4"]
 RUN_FACTS = ["trainable_parameters", "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
 # Copied with the weights into a run that reuses another's training (only [generation] differs).
 TRAINING_FACTS = ["trainable_parameters", "training_seconds", "epochs", "best_epoch"]
-PLOTTED_METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider"]
+# The reported split's scores, and the selection split's CIDEr-D, which chooses (SELECTION_ORDER).
+PLOTTED_METRICS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "selection_cider"]
 # Where images and features are cached changes nothing that is learned; the name is the
 # experiment column already.
 NOT_COMPARED = {"name", "images.cache_dir", "images.feature_cache_dir", "images.cache"}
@@ -326,15 +328,23 @@ def plot_comparison(table: pd.DataFrame, groups: list[list[ComparedRun]], out_di
     labels = list(table["experiment"])
     if len(set(labels)) < len(labels):  # one experiment under several seeds, or listed twice
         labels = [f"{label} (seed {group[0].config.training.seed})" for label, group in zip(labels, groups)]
-    plotted = [name for name in PLOTTED_METRICS if name in table]
+    def numbers(column: str) -> list[float]:  # a run without a selection split has None there
+        return [float("nan") if value is None else float(value) for value in table[column]]
+
+    plotted = [name for name in PLOTTED_METRICS if name in table and any(value == value for value in numbers(
+        f"{name}_mean" if aggregate else name))]
     if aggregate:
-        values = {name: list(table[f"{name}_mean"]) for name in plotted}
-        errors = {name: list(table[f"{name}_std"]) for name in plotted}
+        values = {name: numbers(f"{name}_mean") for name in plotted}
+        errors = {name: numbers(f"{name}_std") for name in plotted}
     else:
-        values, errors = {name: list(table[name]) for name in plotted}, None
+        values, errors = {name: numbers(name) for name in plotted}, None
     splits = sorted({run.config.training.evaluation_split for group in groups for run in group})
+    title = f"{' / '.join(splits)} split scores"
+    if "selection_cider" in plotted:
+        selection_splits = sorted({str(run.metrics.get("selection_split")) for group in groups for run in group})
+        title += f", selection_cider on {' / '.join(selection_splits)} (it chooses)"
     plot_metric_bars(labels, values, out_dir / "compare_metrics.png", errors=errors,
-                     title=f"{' / '.join(splits)} split scores" + (" (mean ± std over seeds)" if aggregate else ""))
+                     title=title + (" (mean ± std over seeds)" if aggregate else ""))
     histories = {label: [read_history(run.run_dir) for run in group] for label, group in zip(labels, groups)}
     plot_learning_curves(histories, out_dir / "compare_curves.png")
     written = ["compare_metrics.png", "compare_curves.png"]
