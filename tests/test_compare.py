@@ -344,4 +344,3 @@ def test_the_metrics_plot_shows_the_selection_cider_and_names_its_split(tmp_path
     values, title = plotted[0]
     assert values["selection_cider"][0] == 0.45 and values["selection_cider"][1] != values["selection_cider"][1]  # NaN
     assert title == "val split scores, selection_cider on train_tail (it chooses)"
-

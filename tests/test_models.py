@@ -408,18 +408,16 @@ def test_the_self_critical_comparisons_differ_from_their_rows_in_what_they_say()
     images and lambda = 0.01; flickr8k_attention_scst3_lambda0_01.toml is the recipe at
     lambda = 0.01 and the sweep's lambda = 0.01 run with the three epochs. So the grids
     compare at one lambda, and the lambdas at one grid."""
-    from captioning.config import load_config, to_dict
+    from captioning.config import flatten, load_config, to_dict
 
     experiments = Path(__file__).parents[1] / "experiments"
     grid14_scst3, grid14, scst3, scst3_lambda, lambda_only = (
-        to_dict(load_config(experiments / f"{name}.toml")) for name in (
+        flatten(to_dict(load_config(experiments / f"{name}.toml"))) for name in (
             "flickr8k_attention_grid14_scst3", "flickr8k_attention_grid14", "flickr8k_attention_scst3",
             "flickr8k_attention_scst3_lambda0_01", "flickr8k_attention_lambda/lambda_0_01"))
 
-    def differences(first: dict, second: dict) -> dict:
-        return {f"{section}.{field}": (value, second[section][field])
-                for section, values in first.items() if isinstance(values, dict)
-                for field, value in values.items() if value != second[section][field]}
+    def differences(first: dict, second: dict) -> dict:  # dotted field -> (first's value, second's)
+        return {key: (value, second[key]) for key, value in first.items() if key != "name" and value != second[key]}
 
     assert differences(grid14_scst3, grid14) == {"self_critical.epochs": (3, 0)}
     assert differences(grid14_scst3, scst3) == {"images.x_size": (448, 224), "images.y_size": (448, 224),

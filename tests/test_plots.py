@@ -33,3 +33,16 @@ def test_the_learning_rate_is_not_drawn_as_a_loss(tmp_path, monkeypatch):
     assert plotted == ["loss", "val_loss", "val_bleu_4"]
     with Image.open(tmp_path / "curves.png") as image:
         assert image.width > image.height
+
+
+def test_metric_bars_give_a_metric_without_values_no_place_and_cider_scores_their_own_panel(tmp_path, monkeypatch):
+    from captioning.plots import curves
+
+    figures = []
+    monkeypatch.setattr(curves.plt, "close", figures.append)  # keep the figure to read its axes
+    nan = float("nan")
+    curves.plot_metric_bars(["a", "b"], {"bleu_4": [0.2, 0.3], "cider": [0.4, 0.5], "selection_cider": [nan, nan]},
+                            tmp_path / "bars.png")
+    ticks = [[label.get_text() for label in axis.get_xticklabels()] for axis in figures[0].axes]
+    assert ticks == [["bleu_4"], ["cider"]]
+    assert (tmp_path / "bars.png").is_file()

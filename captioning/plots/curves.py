@@ -58,12 +58,13 @@ def plot_metric_bars(labels: list[str], values: dict[str, list[float]], path: st
                      errors: dict[str, list[float]] | None = None, title: str = "") -> None:
     """Grouped bars: one group per metric, one bar per label (run), error bars from ``errors``.
 
-    values: metric name -> one value per label (NaN draws no bar). CIDEr runs to 10 and would
-    flatten BLEU's 0..1 bars, so the CIDEr scores (names ending in "cider") get a panel of their own.
+    values: metric name -> one value per label (NaN draws no bar; a metric with no value at
+    all gets no place on its axis). CIDEr runs to 10 and would flatten BLEU's 0..1 bars, so the
+    CIDEr scores (names ending in "cider") get a panel of their own.
     """
-    panels = [[name for name in values if not name.endswith("cider")], [name for name in values if name.endswith("cider")]]
-    panels = [names for names in panels if names and any(value == value for name in names for value in values[name])]
-    panels = panels or [list(values)]  # nothing measured: empty axes rather than no file
+    measured = [name for name in values if any(value == value for value in values[name])]
+    panels = [[name for name in measured if not name.endswith("cider")], [name for name in measured if name.endswith("cider")]]
+    panels = [names for names in panels if names] or [list(values)]  # nothing measured: empty axes rather than no file
     figure, axes = plt.subplots(1, len(panels), figsize=(4 + 0.3 * len(labels) * len(values), 4.5), dpi=100,
                                 squeeze=False, gridspec_kw={"width_ratios": [len(names) for names in panels]})
     width = 0.8 / len(labels)

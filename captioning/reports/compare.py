@@ -331,16 +331,12 @@ def plot_comparison(table: pd.DataFrame, groups: list[list[ComparedRun]], out_di
     def numbers(column: str) -> list[float]:  # a run without a selection split has None there
         return [float("nan") if value is None else float(value) for value in table[column]]
 
-    plotted = [name for name in PLOTTED_METRICS if name in table and any(value == value for value in numbers(
-        f"{name}_mean" if aggregate else name))]
-    if aggregate:
-        values = {name: numbers(f"{name}_mean") for name in plotted}
-        errors = {name: numbers(f"{name}_std") for name in plotted}
-    else:
-        values, errors = {name: numbers(name) for name in plotted}, None
+    plotted = [name for name in PLOTTED_METRICS if name in table]
+    values = {name: numbers(f"{name}_mean" if aggregate else name) for name in plotted}
+    errors = {name: numbers(f"{name}_std") for name in plotted} if aggregate else None
     splits = sorted({run.config.training.evaluation_split for group in groups for run in group})
     title = f"{' / '.join(splits)} split scores"
-    if "selection_cider" in plotted:
+    if any(value == value for value in values.get("selection_cider", [])):
         selection_splits = sorted({str(run.metrics.get("selection_split")) for group in groups for run in group})
         title += f", selection_cider on {' / '.join(selection_splits)} (it chooses)"
     plot_metric_bars(labels, values, out_dir / "compare_metrics.png", errors=errors,
