@@ -24,7 +24,8 @@ from captioning.models.encoders import (
     normalization_for,
 )
 from captioning.models.optimizer import FusedAdam
-from captioning.models.recurrence import has_fused_sequence, input_gates, lstm_hidden_sequence, recurrent_update
+from captioning.models.recurrence import (has_fused_sequence, input_gates, kernel_blocks, lstm_hidden_sequence,
+                                          recurrent_update)
 
 IMAGE_SHAPE = (32, 48, 3)  # height != width catches swapped axes
 ENCODER_CONFIGS = {
@@ -292,6 +293,22 @@ def test_fused_lstm_matches_autodiff(compiled):
                                   value_and_gradients(fused), expected):
         assert float(tf.reduce_max(tf.abs(theirs))) > 1e-3, name  # a real gradient to compare
         np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_kernel_blocks_are_the_kernel_rows_and_refuse_too_many():
+    """recurrence.kernel_blocks: consecutive row blocks of the cell's kernel (one split),
+    each gradient lands on its own rows, and blocks wider than the kernel are a clear error."""
+    keras_cell = keras.layers.LSTMCell(3)
+    keras_cell.build((None, 7))  # kernel (7, 12)
+    with tf.GradientTape() as tape:
+        first, second = kernel_blocks(keras_cell, [2, 4])
+        loss = tf.reduce_sum(first) + 2.0 * tf.reduce_sum(second)
+    np.testing.assert_array_equal(first, keras_cell.kernel[:2])
+    np.testing.assert_array_equal(second, keras_cell.kernel[2:6])
+    expected = np.concatenate([np.ones((2, 12)), 2 * np.ones((4, 12)), np.zeros((1, 12))]).astype("float32")
+    np.testing.assert_array_equal(tape.gradient(loss, keras_cell.kernel), expected)
+    with pytest.raises(ValueError, match="exceed the kernel's 7"):
+        kernel_blocks(keras_cell, [4, 4])
 
 
 @pytest.mark.parametrize("clipnorm", [None, 0.5])

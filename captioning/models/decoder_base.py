@@ -82,8 +82,10 @@ class OutputHead(layers.Layer):
 
     def call(self, inputs, training=None):
         if self.hidden is not None:
-            words = inputs[..., -self.embedding_dim:]  # (..., embedding_dim): E y
-            inputs = self.hidden(inputs[..., :-self.embedding_dim]) + words  # (..., embedding_dim)
+            # One split, not two slices: its gradient is one concatenation, where each slice's
+            # is a zero tensor of the whole width and the two are then added.
+            computed, words = ops.split(inputs, [inputs.shape[-1] - self.embedding_dim], axis=-1)  # E y: (..., embedding_dim)
+            inputs = self.hidden(computed) + words  # (..., embedding_dim)
         return float32_logits(self.projection(self.dropout(inputs, training=training)))  # (..., vocab_size)
 
     def get_config(self):
@@ -135,21 +137,28 @@ class CaptionDecoder(keras.Model):
         with ``real`` (rows, length) bool, the outputs at its true positions only, (tokens, width),
         and the attention there (tokens, regions) or None, in row-major order (tf.boolean_mask's)."""
         memory = self.image_memory(features, training=training)
-        if captions_per_image != 1:
-            memory = tree.map_structure(lambda tensor: ops.repeat(tensor, captions_per_image, axis=0), memory)
-        if real is None:
-            return self.recur(memory, token_ids, training=training)
-        return self.recur_real(memory, token_ids, real, training=training)
+        if real is not None:
+            return self.recur_real(memory, token_ids, real, training=training, captions_per_image=captions_per_image)
+        return self.recur(per_caption(memory, captions_per_image), token_ids, training=training)
 
-    def recur_real(self, memory, token_ids, real, training=None):
+    def recur_real(self, memory, token_ids, real, training=None, captions_per_image=1):
         """recur at the positions where ``real`` (rows, length) is true: (outputs (tokens, width),
-        attention (tokens, regions) or None). Here recur over every position, then the real ones picked."""
-        outputs, attention = self.recur(memory, token_ids, training=training)
+        attention (tokens, regions) or None). ``memory`` holds one row per image (image_memory's),
+        ``token_ids`` ``captions_per_image`` rows per image. Here the memory is repeated per
+        caption, recur runs over every position, and the real ones are picked."""
+        outputs, attention = self.recur(per_caption(memory, captions_per_image), token_ids, training=training)
         return tf.boolean_mask(outputs, real), (None if attention is None else tf.boolean_mask(attention, real))
 
     def output_logits(self, outputs, training=None):
         """outputs (..., width) -> logits (..., vocab_size) float32."""
         return self.head(outputs, training=training)
+
+
+def per_caption(memory, captions_per_image):
+    """A memory with one row per image -> one row per caption (an image's captions adjacent)."""
+    if isinstance(captions_per_image, int) and captions_per_image == 1:
+        return memory
+    return tree.map_structure(lambda tensor: ops.repeat(tensor, captions_per_image, axis=0), memory)
 
 
 def over_time(step, carry, time_major, unroll=False):

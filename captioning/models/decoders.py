@@ -29,8 +29,10 @@ from keras import layers, ops
 
 from captioning.config import ConfigError, DecoderConfig
 from captioning.data.vocabulary import END_ID, PAD_ID
-from captioning.models.decoder_base import CaptionDecoder, OutputHead, check_choice, over_time, take_sorted_rows, time_major
-from captioning.models.recurrence import has_fused_sequence, input_gates, lstm_hidden_sequence, recurrent_update
+from captioning.models.decoder_base import (CaptionDecoder, OutputHead, check_choice, over_time, per_caption, take_sorted_rows,
+                                           time_major)
+from captioning.models.recurrence import (has_fused_sequence, input_gates, kernel_blocks, lstm_hidden_sequence,
+                                          recurrent_update)
 
 CELL_CLASSES = {"lstm": layers.LSTMCell, "gru": layers.GRUCell}  # stepped by recurrence.py
 STATES_PER_CELL = {"lstm": 2, "gru": 1}  # LSTM carries (hidden, cell), GRU only hidden
@@ -38,22 +40,40 @@ IMAGE_POOLINGS = ("mean", "flatten")
 PENALTY_SCALES = ("per_token", "per_caption")  # decoder.attention_penalty_scale
 
 
+def both_input_gates(cell, embedded, image, words_time_major=False):
+    """The input-side gate pre-activations of a cell whose input is [embedded word, image]:
+    embedded (rows, [length,] embedding_dim), or (length, rows, embedding_dim) when
+    ``words_time_major``; image (rows, embedding_dim) -> gates shaped like ``embedded`` with
+    gate_width last, the image's part once per row, not once per word."""
+    word_kernel, image_kernel = kernel_blocks(cell, [embedded.shape[-1], image.shape[-1]])
+    image_gates = input_gates(cell, image, bias=False, kernel=image_kernel)  # (rows, gate_width)
+    gates = input_gates(cell, embedded, kernel=word_kernel)  # (rows, [length,] gate_width)
+    if len(embedded.shape) == 3:
+        image_gates = image_gates[None] if words_time_major else image_gates[:, None, :]
+    return gates + image_gates
+
+
 def hidden_sequence(cell, gates, state, unroll=False):
     """The cell over whole captions whose input side is already computed: gates (rows,
-    length, gate_width), state the cell's initial state -> hidden states (rows, length, units).
+    length, gate_width), state the cell's initial state -> hidden states (rows, length, units)."""
+    return time_major(time_major_hidden_sequence(cell, time_major(gates), state, unroll))
+
+
+def time_major_hidden_sequence(cell, gates, state, unroll=False):
+    """hidden_sequence time-major: gates (length, rows, gate_width) -> hidden states (length, rows, units).
 
     An LSTM with the default activations takes recurrence.lstm_hidden_sequence, whose
     hand-written backward pass is faster than autodiff through the loop; under XLA
     (``unroll``) and for GRU cells the steps run through ``over_time``.
     """
     if has_fused_sequence(cell) and not unroll:
-        return time_major(lstm_hidden_sequence(cell, time_major(gates), list(state)))
+        return lstm_hidden_sequence(cell, gates, list(state))
 
     def step(state, gates_t):
         _, state = recurrent_update(cell, gates_t, list(state))
         return tuple(state), tuple(state)  # keras' scan stacks outputs shaped like the carry
 
-    return time_major(over_time(step, tuple(state), time_major(gates), unroll)[0])
+    return over_time(step, tuple(state), gates, unroll)[0]
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -133,11 +153,9 @@ class RNNDecoder(CaptionDecoder):
         embedded: (rows, length, embedding_dim) or (rows, embedding_dim); image_input:
         (rows, embedding_dim) or None. Returns (rows, [length,] gate_width).
         """
-        gates = input_gates(self.cell, embedded)
         if image_input is None:
-            return gates
-        image_gates = input_gates(self.cell, image_input, first_row=self.embedding_dim, bias=False)  # (rows, gate_width)
-        return gates + (image_gates[:, None, :] if len(embedded.shape) == 3 else image_gates)
+            return input_gates(self.cell, embedded)
+        return both_input_gates(self.cell, embedded, image_input)
 
     def recur(self, memory, token_ids, training=None):
         embedded = self.dropout(self.embedding(token_ids), training=training)  # (rows, length, embedding_dim)
@@ -446,8 +464,7 @@ class OutputAttentionDecoder(AttentionDecoder):
     def cell_gates(self, embedded, image):
         """embedded: (rows, [length,] embedding_dim); image: (rows, embedding_dim) ->
         the input-side gate pre-activations (rows, [length,] gate_width), the image's once per row."""
-        image_gates = input_gates(self.cell, image, first_row=self.embedding_dim, bias=False)  # (rows, gate_width)
-        return input_gates(self.cell, embedded) + (image_gates[:, None, :] if len(embedded.shape) == 3 else image_gates)
+        return both_input_gates(self.cell, embedded, image)
 
     def recur(self, memory, token_ids, training=None):
         embedded, hidden = self.hidden_states(memory, token_ids, training=training)
@@ -455,24 +472,39 @@ class OutputAttentionDecoder(AttentionDecoder):
         self.add_attention_penalty(attention, token_ids, training)
         return ops.concatenate([hidden, context, embedded], axis=-1), attention  # (rows, length, units + channels + embedding_dim)
 
-    def recur_real(self, memory, token_ids, real, training=None):
+    def recur_real(self, memory, token_ids, real, training=None, captions_per_image=1):
         """recur with the attention at the real positions alone (about 70 % of a Flickr8k
         batch's): the cell still runs over every step (it is sequential), but the scores,
         their tanh over regions x attention_units and the gate skip the padding. Same values
-        as recur's at those positions (test_fast_training: test_real_token_outputs_match_every_position)."""
-        embedded, hidden = self.hidden_states(memory, token_ids, training=training)
+        as recur's at those positions (test_fast_training: test_real_token_outputs_match_every_position).
+
+        The regions stay one row per image (``memory`` is image_memory's): each token takes its
+        image's projected regions, and the context is one batched matmul per image over all
+        its captions' steps, so the (regions, channels) features are never repeated per caption."""
+        cell_memory = per_caption({key: memory[key] for key in ("state", "image")}, captions_per_image)
+        # The words and the cell time-major throughout: the tokens are picked from there, so
+        # neither the gates (rows, length, gate_width) nor the hidden states are transposed.
+        embedded = self.dropout(self.embedding(time_major(token_ids)), training=training)  # (length, rows, embedding_dim)
+        gates = both_input_gates(self.cell, embedded, cell_memory["image"], words_time_major=True)  # (length, rows, gate_width)
+        hidden = time_major_hidden_sequence(self.cell, gates, cell_memory["state"], self.unroll)  # (length, rows, units)
         positions = tf.where(real)  # (tokens, 2): row, step, in row-major order
-        hidden = tf.gather_nd(hidden, positions)  # (tokens, units)
-        projected = take_sorted_rows(memory["projected_features"], positions[:, 0])  # (tokens, regions, attention_units)
+        steps_first = tf.reverse(positions, axis=[1])  # (tokens, 2): step, row
+        hidden = tf.gather_nd(hidden, steps_first)  # (tokens, units)
+        token_images = positions[:, 0] // ops.cast(captions_per_image, positions.dtype)  # (tokens,), ascending
+        projected = take_sorted_rows(memory["projected_features"], token_images)  # (tokens, regions, attention_units)
         attention = self.attention_weights(projected, hidden)  # (tokens, regions)
-        # The context as a batched matmul per row: the weights back in place, zeros at padding.
-        every_step = tf.scatter_nd(positions, attention, (*ops.shape(token_ids), ops.shape(attention)[-1]))  # (rows, length, regions)
-        features = memory["features"]
-        context = tf.gather_nd(ops.matmul(ops.cast(every_step, features.dtype), features), positions)  # (tokens, channels)
+        # The context as a batched matmul per image: the weights back in place, zeros at padding.
+        rows, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        regions = ops.shape(attention)[-1]
+        every_step = tf.scatter_nd(positions, attention, (rows, length, regions))  # (rows, length, regions)
+        features = memory["features"]  # (images, regions, channels)
+        per_image = ops.reshape(ops.cast(every_step, features.dtype), (ops.shape(features)[0], -1, regions))  # (images, captions * length, regions)
+        context = ops.reshape(ops.matmul(per_image, features), (rows, length, ops.shape(features)[-1]))  # (rows, length, channels)
+        context = tf.gather_nd(context, positions)  # (tokens, channels)
         if self.gate is not None:
             context = self.gate(hidden) * context  # gate: (tokens, 1)
         self.add_attention_penalty(every_step, token_ids, training)
-        outputs = ops.concatenate([hidden, context, tf.gather_nd(embedded, positions)], axis=-1)
+        outputs = ops.concatenate([hidden, context, tf.gather_nd(embedded, steps_first)], axis=-1)
         return outputs, attention  # (tokens, units + channels + embedding_dim), (tokens, regions)
 
     def hidden_states(self, memory, token_ids, training=None):
