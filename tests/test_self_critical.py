@@ -242,3 +242,24 @@ def test_a_run_with_a_self_critical_phase_records_it_and_resumes(tmp_path, monke
     kept = Captioner.from_run(run_dir).model.decoder.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(kept, checkpoint_decoder("best.weights.h5")))
     assert not all(np.array_equal(a, b) for a, b in zip(kept, checkpoint_decoder(state["weights_file"])))
+
+
+def test_a_bfloat16_run_trains_its_self_critical_phase(tmp_path):
+    """experiments/flickr8k_attention_scst_bfloat16.toml's [runtime] on a tiny run: phase 1
+    and a self-critical epoch in bfloat16 (the sampled captions, their CIDEr-D and the
+    policy gradient) finish with finite scores, and the run records its precision. The
+    attention here has no image_norm: the cached float32 features must meet the gate and the
+    cell in bfloat16 (AttentionDecoder.image_memory casts them; before, generation failed)."""
+    from captioning.training.loop import train
+
+    config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
+                         "decoder.name=attention", "decoder.attention_placement=output", "training.epochs=1",
+                         "self_critical.epochs=1", "self_critical.samples=2",
+                         f"images.feature_cache_dir={tmp_path / 'features'}", "training.validation_bleu_images=8",
+                         "runtime.mixed_precision=true", "runtime.mixed_precision_dtype=bfloat16")
+    metrics = train(config, tmp_path / "run", verbose=0)
+    history = (tmp_path / "run" / HISTORY_FILE).read_text().splitlines()
+    assert metrics["self_critical"]["epochs"] == 1 and len(history) == 2  # the header and epoch 1
+    reward, bleu, cider = (float(value) for value in history[1].split(",")[1:4])
+    assert all(np.isfinite([reward, bleu, cider])) and reward >= 0
+    assert 'mixed_precision_dtype = "bfloat16"' in (tmp_path / "run" / "config.toml").read_text()

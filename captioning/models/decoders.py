@@ -289,6 +289,9 @@ class AttentionDecoder(CaptionDecoder):
         """
         if not self.built:  # generation before any teacher-forced call
             self.build((tuple(features.shape), (None, None)))
+        # the compute dtype (bfloat16 or float16 under mixed precision): the context is a
+        # product of the features, and the gate and the cell meet it in that dtype
+        features = ops.cast(features, self.compute_dtype)
         if self.region_normalization is not None:
             features = self.region_normalization(features)  # each region's vector to zero mean, unit variance
         pooled = ops.mean(features, axis=1)  # (images, channels)
