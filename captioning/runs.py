@@ -31,13 +31,20 @@ class RunError(ValueError):
 
 
 def new_run_dir(config: ExperimentConfig, runs_root: Path = RUNS_ROOT) -> Path:
+    """A new, empty run directory ``<runs_root>/<time stamp>-<config name>[-<n>]``, created
+    here: the name is claimed by ``mkdir``, which fails when the name is taken, so runs that
+    two processes start in the same second (two ``make compare`` at once) get two directories.
+    Checking the name and creating it later let both train into one."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_root / f"{stamp}-{config.name}"
+    runs_root.mkdir(parents=True, exist_ok=True)
     suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = runs_root / f"{stamp}-{config.name}-{suffix}"
-    return run_dir
+    while True:
+        run_dir = runs_root / (f"{stamp}-{config.name}" + (f"-{suffix}" if suffix > 1 else ""))
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            suffix += 1
 
 
 def run_dirs(runs_root: Path = RUNS_ROOT) -> list[Path]:

@@ -154,3 +154,30 @@ def test_a_complete_feature_cache_never_builds_the_frozen_encoder(tmp_path, monk
     second = np.asarray(train_module.cached_features(config, paths, "train"))
     assert len(builds) == 1
     np.testing.assert_array_equal(first, second)
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    """runs.new_run_dir claims its name: eight threads asking at once, within one time stamp,
+    get eight new directories (two `make compare` processes started together once trained
+    two seeds into one directory, each overwriting the other's checkpoints)."""
+    import threading
+    import time
+
+    from captioning.runs import new_run_dir
+
+    monkeypatch.setattr(time, "strftime", lambda *args: "20261203-085124")
+    config = tiny_config(tmp_path)
+    found, start = [], threading.Barrier(8)
+
+    def claim():
+        start.wait()
+        found.append(new_run_dir(config, tmp_path / "runs"))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(found)) == 8 and all(path.is_dir() and not any(path.iterdir()) for path in found)
+    assert sorted(path.name for path in found)[:2] == [f"20261203-085124-{config.name}", f"20261203-085124-{config.name}-2"]
+
