@@ -470,7 +470,7 @@ class OutputAttentionDecoder(AttentionDecoder):
         return both_input_gates(self.cell, embedded, image)
 
     def recur(self, memory, token_ids, training=None):
-        embedded, hidden = self.hidden_states(memory, token_ids, training=training)
+        embedded, hidden = (time_major(tensor) for tensor in self.hidden_states(memory, token_ids, training=training))
         context, attention = self.attend_steps(memory["features"], memory["projected_features"], hidden)
         self.add_attention_penalty(attention, token_ids, training)
         return ops.concatenate([hidden, context, embedded], axis=-1), attention  # (rows, length, units + channels + embedding_dim)
@@ -485,11 +485,8 @@ class OutputAttentionDecoder(AttentionDecoder):
         image's projected regions, and the context is one batched matmul per image over all
         its captions' steps, so the (regions, channels) features are never repeated per caption."""
         cell_memory = per_caption({key: memory[key] for key in ("state", "image")}, captions_per_image)
-        # The words and the cell time-major throughout: the tokens are picked from there, so
-        # neither the gates (rows, length, gate_width) nor the hidden states are transposed.
-        embedded = self.dropout(self.embedding(time_major(token_ids)), training=training)  # (length, rows, embedding_dim)
-        gates = both_input_gates(self.cell, embedded, cell_memory["image"], words_time_major=True)  # (length, rows, gate_width)
-        hidden = time_major_hidden_sequence(self.cell, gates, cell_memory["state"], self.unroll)  # (length, rows, units)
+        # The tokens are picked from the time-major words and hidden states (length, rows, ...)
+        embedded, hidden = self.hidden_states(cell_memory, token_ids, training=training)
         positions = tf.where(real)  # (tokens, 2): row, step, in row-major order
         steps_first = tf.reverse(positions, axis=[1])  # (tokens, 2): step, row
         hidden = tf.gather_nd(hidden, steps_first)  # (tokens, units)
@@ -511,10 +508,12 @@ class OutputAttentionDecoder(AttentionDecoder):
         return outputs, attention  # (tokens, units + channels + embedding_dim), (tokens, regions)
 
     def hidden_states(self, memory, token_ids, training=None):
-        """-> the embedded words (rows, length, embedding_dim) and the cell's hidden states (rows, length, units)."""
-        embedded = self.dropout(self.embedding(token_ids), training=training)  # (rows, length, embedding_dim)
-        gates = self.cell_gates(embedded, memory["image"])  # (rows, length, gate_width)
-        return embedded, hidden_sequence(self.cell, gates, memory["state"], self.unroll)
+        """-> the embedded words (length, rows, embedding_dim) and the cell's hidden states
+        (length, rows, units), time-major: the words are embedded in that order, so neither
+        the (rows, length, gate_width) gates nor the hidden states are transposed."""
+        embedded = self.dropout(self.embedding(time_major(token_ids)), training=training)  # (length, rows, embedding_dim)
+        gates = both_input_gates(self.cell, embedded, memory["image"], words_time_major=True)  # (length, rows, gate_width)
+        return embedded, time_major_hidden_sequence(self.cell, gates, memory["state"], self.unroll)
 
     def step(self, token_ids, state: dict):
         """As AttentionDecoder.step; "attention" holds the weights the new hidden state used."""
