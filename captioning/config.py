@@ -125,8 +125,11 @@ class ImagesConfig:
     # Training-time augmentation (augment.py): random changes to each training image, drawn
     # anew every epoch, so a from-scratch encoder sees more than the same few thousand
     # pictures. Training batches only, never early stopping, evaluation or captioning.
-    # Off by default: it needs an encoder that trains (a frozen one's features are cached
-    # once, before any change), and runs without it stay comparable with earlier ones.
+    # Off by default: runs without it stay comparable with earlier ones. A frozen encoder's
+    # features are cached once, before any change, so with one only the mirror works: the
+    # features of the mirrored training images are cached beside the originals, and each
+    # epoch draws one of the two per image (training_data.py; phase 1 only, not the
+    # self-critical phase).
     augment: bool = False
     # With augment: mirror each image left-right with probability 1/2; the words "left" and
     # "right" of that image's captions are swapped with it. On by default: with the swap it

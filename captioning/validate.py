@@ -182,12 +182,14 @@ def check_augmentation(config: ExperimentConfig) -> None:
     if not (images.augment_flip or any(getattr(images, field) for field in AUGMENT_FACTOR_FIELDS)):
         raise ConfigError("images.augment is on but every augmentation is off: set images.augment_flip=true or one of "
                           f"{', '.join(f'images.{field}' for field in AUGMENT_FACTOR_FIELDS)} above 0, or images.augment=false")
-    if encoder_is_frozen(config.encoder):
+    changing = [f"images.{field}={getattr(images, field)}" for field in AUGMENT_FACTOR_FIELDS if getattr(images, field)]
+    if encoder_is_frozen(config.encoder) and changing:
         raise ConfigError(
-            f"images.augment needs the encoder to see each augmented image, but encoder.name='{config.encoder.name}' "
-            "is frozen: its features are computed once into the feature cache, before any augmentation. Train the "
-            "encoder (encoder.trainable=true or encoder.fine_tune_last_block=true), use encoder.name=conv_stack, or "
-            "set images.augment=false")
+            f"{', '.join(changing)} needs the encoder to see each augmented image, but encoder.name="
+            f"'{config.encoder.name}' is frozen: its features are computed once into the feature cache, before any "
+            "augmentation (only the mirror, images.augment_flip, is cached too, as a second copy of the features). "
+            "Train the encoder (encoder.trainable=true or encoder.fine_tune_last_block=true), use "
+            "encoder.name=conv_stack, set those factors to 0, or set images.augment=false")
 
 
 def check_gradient_logging(config: ExperimentConfig) -> None:

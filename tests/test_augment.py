@@ -14,7 +14,7 @@ import captioning.training.training_data as training_data_module
 from captioning.captioner import Captioner
 from captioning.config import ConfigError
 from captioning.data.datasets import CaptionedImage, load_split
-from captioning.data.pipeline import ImageReader, caption_array
+from captioning.data.pipeline import ImageReader, Mirror, caption_array, feature_dataset
 from captioning.data.vocabulary import UNKNOWN_ID, Vocabulary
 from captioning.models.encoders import normalization_for
 from captioning.training.augment import (
@@ -23,6 +23,8 @@ from captioning.training.augment import (
     mirrored_token_ids,
     value_range,
 )
+from captioning.training.features import cache_key
+from captioning.training.training_data import cached_features
 from captioning.validate import check_augmentation
 
 CAPTIONS, LENGTH = 5, 22  # tiny config: captions_per_image, decoder.max_length
@@ -99,14 +101,62 @@ def test_every_augmentation_repeats_with_its_seed_and_stays_in_range(shapes):
     assert value_range("vgg16") == pytest.approx((-123.68, 151.061))
 
 
-def test_augmenting_a_frozen_cached_encoder_is_a_config_error(tmp_path):
-    frozen = tiny_config(tmp_path, "images.augment=true", "encoder.name=vgg16", "encoder.weights=none")
-    with pytest.raises(ConfigError, match="frozen.*feature cache.*encoder.trainable=true.*images.augment=false"):
+def test_a_frozen_cached_encoder_takes_the_mirror_but_refuses_what_changes_pixels(tmp_path):
+    frozen = tiny_config(tmp_path, "images.augment=true", "images.augment_zoom=0.2", "encoder.name=vgg16",
+                         "encoder.weights=none")
+    with pytest.raises(ConfigError, match="augment_zoom=0.2.*frozen.*feature cache.*encoder.trainable=true.*"
+                                          "images.augment=false"):
         train_module.train(frozen, tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists() and not (tmp_path / "shapes").exists()  # refused before any work
     for trained in ["encoder.trainable=true", "encoder.fine_tune_last_block=true"]:
-        check_augmentation(tiny_config(tmp_path, "images.augment=true", "encoder.name=vgg16", trained))
+        check_augmentation(tiny_config(tmp_path, "images.augment=true", "images.augment_zoom=0.2",
+                                       "encoder.name=vgg16", trained))
+    check_augmentation(tiny_config(tmp_path, "images.augment=true", "encoder.name=vgg16"))  # the mirror alone is cached
     check_augmentation(tiny_config(tmp_path, "encoder.name=vgg16"))  # augment off: nothing to refuse
+
+
+def test_mirrored_features_have_a_cache_entry_of_their_own_and_are_the_mirrored_images(tiny_data_root, tmp_path, shapes):
+    """Known answer: an 'encoder' that returns the image's first row as its regions, so the
+    mirrored entry must hold each row reversed; the unmirrored entry keeps its old key."""
+    config = tiny_config(tiny_data_root, "images.augment=true", f"images.feature_cache_dir={tmp_path / 'features'}")
+    _, examples, _, reader = shapes
+    paths = [example.image_path for example in examples[:5]]
+
+    def first_row(images):  # (batch, y, x, 3) -> (batch, x, 3)
+        return images[:, 0]
+
+    plain = cached_features(config, paths, "train", first_row)
+    mirrored = cached_features(config, paths, "train, mirrored", first_row, mirrored=True)
+    np.testing.assert_allclose(plain, np.stack([reader(path)[0] for path in paths]), atol=1e-3)  # float16 cache
+    np.testing.assert_array_equal(mirrored, plain[:, ::-1])
+    assert len(list((tmp_path / "features").iterdir())) == 2
+    normalization = normalization_for(config.encoder)
+    assert cache_key(paths, config.encoder, config.images, normalization)[1].keys() == {
+        "format_version", "images", "image_listing_sha256", "encoder", "image_size", "normalization"}
+    assert cache_key(paths, config.encoder, config.images, normalization, mirrored=True)[1]["mirrored"] is True
+
+
+def test_feature_batches_mirror_about_half_the_images_with_their_words_the_same_each_time_the_epoch_runs():
+    images, captions, length = 64, 2, 6
+    features = np.arange(images, dtype=np.float16)[:, None, None] * np.ones((images, 2, 3), np.float16)
+    mirror = Mirror(-features, np.array([0, 1, 2, 4, 3, 5], np.int32))  # ids 3 and 4 ("left", "right") swap
+    tokens = np.tile(np.array([1, 3, 5, 4, 2, 0], np.int32), (images, captions, 1))  # (images, C, length)
+
+    def epoch(number):
+        seen = {}
+        for inputs, targets in feature_dataset(features, tokens, 8, shuffle=True, seed=0, epoch=number, mirror=mirror):
+            for image, words, next_words in zip(inputs["features"].numpy(), inputs["captions"].numpy(), targets.numpy()):
+                flipped = image[0, 0] < 0 or (image[0, 0] == 0 and words[0, 1] == 4)
+                number_of_image = int(abs(image[0, 0]))
+                expected = mirror.token_ids[tokens[0, 0]] if flipped else tokens[0, 0]
+                np.testing.assert_array_equal(words, np.tile(expected[:length - 2], (captions, 1)))
+                np.testing.assert_array_equal(next_words, np.tile(expected[1:length - 1], (captions, 1)))
+                seen[number_of_image] = flipped
+        return seen
+
+    first = epoch(0)
+    assert sorted(first) == list(range(images)) and 16 < sum(first.values()) < 48
+    assert epoch(0) == first and epoch(1) != first  # a resumed epoch mirrors the same images; the next, others
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -159,3 +209,16 @@ def test_tiny_run_trains_with_augmentation_on_training_batches_only(tiny_data_ro
 
     Captioner.from_run(run_dir).caption_paths([stopping_examples[0].image_path])  # what `make caption` runs
     assert len(traces) == 1  # evaluation and captioning never built a pipeline with the augmentation
+
+
+@pytest.mark.slow
+def test_a_frozen_encoder_run_trains_on_its_mirrored_features_too(tiny_data_root, tmp_path):
+    features = tmp_path / "features"
+    config = tiny_config(tiny_data_root, "images.augment=true", "training.epochs=1", "encoder.name=mobilenet",
+                         "encoder.weights=none", "encoder.alpha=0.25", f"images.feature_cache_dir={features}")
+    train_module.train(config, tmp_path / "run", verbose=0)
+    manifests = [json.loads(path.read_text()) for path in features.glob("*/manifest.json")]
+    mirrored = [manifest for manifest in manifests if manifest.get("mirrored")]
+    train_images = len(load_split(config.data, "train"))
+    assert len(mirrored) == 1 and mirrored[0]["images"] == train_images
+    assert 0.0 <= json.loads((tmp_path / "run" / "metrics.json").read_text())["bleu_4"] <= 1.0

@@ -537,7 +537,8 @@ def test_validate_checks_a_decoders_own_fields_only_when_it_is_chosen():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["images.augment=true", "encoder.name=vgg16"], r"images.augment needs the encoder to see each augmented image"),
+    (["images.augment=true", "images.augment_contrast=0.2", "encoder.name=vgg16"],
+     r"images.augment_contrast=0.2 needs the encoder to see each augmented image"),
     (["training.log_gradient_norms=true", "encoder.name=mobilenet"], r"training.log_gradient_norms measures"),
     (["self_critical.epochs=1"], r"encoder 'conv_stack' here trains"),
     (["training.evaluation_split=val"], r"the 'val' split chose this run's best epoch"),

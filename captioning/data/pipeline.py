@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -134,8 +135,21 @@ def trimmed_to_longest(tokens: np.ndarray) -> np.ndarray:
     return tokens[..., :max(int((tokens != PAD_ID).sum(axis=-1).max()), 2)]
 
 
+# Which random stream of an epoch's seed draws the images that feature_dataset mirrors.
+MIRROR_STREAM = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Mirror:
+    """The mirrored copy of a training set's cached features, for ``feature_dataset``."""
+
+    features: np.ndarray  # (images, regions, channels): the features of each image mirrored left-right
+    token_ids: np.ndarray  # (vocabulary size,) int32: the id each token becomes in a mirrored image's captions
+
+
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                    bucket: bool = True, epoch: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
+                    bucket: bool = True, epoch: int = 0, skip_batches: int = 0,
+                    mirror: Mirror | None = None) -> tf.data.Dataset:
     """Batches of cached features: ({"features": (batch, regions, channels), "captions": (batch, C, length - 1)}, targets).
 
     features: (images, regions, channels) float16, usually memory-mapped; tokens: (images, C, length).
@@ -143,11 +157,17 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
     batch; with ``bucket`` (training batches, ``shuffle``) images of similar caption
     lengths are batched together (BUCKET_POOL_BATCHES). The order is that of
     ``epoch_seed(seed, epoch)``, the same at every iteration; skip_batches: its first batches
-    left out, unread (a resumed epoch).
+    left out, unread (a resumed epoch). mirror: each image is mirrored with probability 1/2,
+    drawn per epoch from the same seed (so a resumed epoch mirrors the same images): its
+    features come from ``mirror.features`` and its captions' tokens map through
+    ``mirror.token_ids``.
     """
     lengths = caption_lengths(tokens)
     dataset = tf.data.Dataset.range(len(features))
     seed = epoch_seed(seed, epoch)
+    mirrored = np.zeros(len(features), bool)  # (images,): which images this epoch mirrors
+    if mirror is not None:
+        mirrored = np.random.default_rng([seed, MIRROR_STREAM]).random(len(features)) < 0.5
     if shuffle:
         dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=False)
         if bucket:
@@ -164,7 +184,15 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
 
     def gather(indices):
         indices = np.sort(indices)  # memory-mapped rows read in order
-        return np.asarray(features[indices], dtype=np.float32), trimmed_to_longest(tokens[indices])
+        if mirror is None:
+            return np.asarray(features[indices], dtype=np.float32), trimmed_to_longest(tokens[indices])
+        flipped = mirrored[indices]  # (batch,) bool
+        batch_features = np.empty((len(indices), *features.shape[1:]), np.float32)  # (batch, regions, channels)
+        batch_features[~flipped] = features[indices[~flipped]]
+        batch_features[flipped] = mirror.features[indices[flipped]]
+        batch_tokens = tokens[indices]  # (batch, C, length)
+        batch_tokens = np.where(flipped[:, None, None], mirror.token_ids[batch_tokens], batch_tokens)
+        return batch_features, trimmed_to_longest(batch_tokens.astype(np.int32))
 
     def read(indices):
         batch_features, batch_tokens = tf.numpy_function(gather, [indices], (tf.float32, tf.int32))

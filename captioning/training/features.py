@@ -69,9 +69,11 @@ POLL_SECONDS = 1.0
 NOT_IN_KEY = ("fine_tune_layers",)
 
 
-def cache_key(paths: list[str], encoder: EncoderConfig, images: ImagesConfig, normalization: str) -> tuple[str, dict]:
+def cache_key(paths: list[str], encoder: EncoderConfig, images: ImagesConfig, normalization: str,
+              mirrored: bool = False) -> tuple[str, dict]:
     """(hex key, the description it hashes). Image files are identified by path, size and mtime:
-    hashing every image's bytes would cost as much as decoding it."""
+    hashing every image's bytes would cost as much as decoding it. mirrored: the features of
+    the images mirrored left-right (a key of their own; the unmirrored keys stay as they were)."""
     listing = hashlib.sha256()
     for path in paths:
         status = os.stat(path)
@@ -86,7 +88,7 @@ def cache_key(paths: list[str], encoder: EncoderConfig, images: ImagesConfig, no
                    | {"weights": weights_digest},
         "image_size": [images.y_size, images.x_size],
         "normalization": normalization,
-    }
+    } | ({"mirrored": True} if mirrored else {})
     key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
     return key, description
 
@@ -108,7 +110,8 @@ class FeatureCache:
         self.stall_seconds = stall_seconds
 
     def features(self, paths: list[str], encoder_config: EncoderConfig, images_config: ImagesConfig, normalization: str,
-                 encode_batches, batch_size: int, label: str = "", worker: Worker = Worker()) -> np.ndarray:
+                 encode_batches, batch_size: int, label: str = "", worker: Worker = Worker(),
+                 mirrored: bool = False) -> np.ndarray:
         """Memory-mapped (images, regions, channels) float16 features, computing what is missing.
 
         encode_batches(paths) yields float32 feature batches (batch, regions, channels) for
@@ -117,9 +120,10 @@ class FeatureCache:
         worker: with ``worker.count`` > 1, this process computes only its share of the images
         (``shard_bounds``) into ``shard-<index>-of-<count>.npy``; the chief waits for every
         shard, joins them into features.npy and writes the manifest, and the other workers
-        wait for that manifest. Every worker must see the same ``cache_root``.
+        wait for that manifest. Every worker must see the same ``cache_root``. mirrored: the
+        entry of the mirrored images (encode_batches must mirror them).
         """
-        key, description = cache_key(paths, encoder_config, images_config, normalization)
+        key, description = cache_key(paths, encoder_config, images_config, normalization, mirrored)
         folder = self.cache_root / key
         final_path = folder / FEATURES_FILE
         if self._is_complete(folder, len(paths)):  # a complete entry is only read: a read-only cache serves it

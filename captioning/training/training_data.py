@@ -11,11 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 from captioning.config import ExperimentConfig
-from captioning.data.pipeline import ImageReader, caption_array, feature_dataset, image_dataset, training_dataset
+from captioning.data.pipeline import ImageReader, Mirror, caption_array, feature_dataset, image_dataset, training_dataset
 from captioning.data.vocabulary import Vocabulary
 from captioning.models.caption_model import image_shape, masked_loss
 from captioning.models.encoders import build_encoder, normalization_for
-from captioning.training.augment import build_augmentation
+from captioning.training.augment import build_augmentation, mirrored_token_ids
 from captioning.training.distribution import Worker
 from captioning.training.features import FeatureCache
 from captioning.training.gradients import GRADIENT_NORMS_FILE, GRADIENT_NORMS_PLOT, GradientNormLogger
@@ -49,7 +49,7 @@ def frozen_feature_shape(config: ExperimentConfig) -> tuple[int, int]:
 
 
 def cached_features(config: ExperimentConfig, paths: list[str], label: str, encode=None,
-                    worker: Worker = Worker()) -> np.ndarray:
+                    worker: Worker = Worker(), mirrored: bool = False) -> np.ndarray:
     """(images, regions, channels) float16 features of a frozen encoder, from the feature cache.
 
     The images are read once for this, so they skip the normalized-image cache (at 224 px
@@ -57,7 +57,9 @@ def cached_features(config: ExperimentConfig, paths: list[str], label: str, enco
     tf.data's parallel map, a batch ahead of the encoder (prefetch), so the encoder rarely
     waits for images. encode: ``feature_encoder(config)`` if None. worker: under
     "multi_worker", this worker computes its share (see features.py), or, with
-    ``images.feature_cache_shared`` false, everything into a folder of its own.
+    ``images.feature_cache_shared`` false, everything into a folder of its own. mirrored: the
+    features of the images mirrored left-right (images.augment with a frozen encoder), in a
+    cache entry of their own.
     """
     encode = encode or feature_encoder(config)
     reader = ImageReader(dataclasses.replace(config.images, cache=False), normalization_for(config.encoder))
@@ -69,12 +71,12 @@ def cached_features(config: ExperimentConfig, paths: list[str], label: str, enco
 
     def encode_batches(paths):
         with reader.reporting_errors():
-            for images in image_dataset(paths, reader, batch_size):
-                yield encode(images)  # (batch, regions, channels)
+            for images in image_dataset(paths, reader, batch_size):  # (batch, y, x, 3)
+                yield encode(tf.reverse(images, axis=[2]) if mirrored else images)  # (batch, regions, channels)
 
     return FeatureCache(cache_root).features(
         paths, config.encoder, config.images, reader.normalization, encode_batches, batch_size, label=label,
-        worker=worker,
+        worker=worker, mirrored=mirrored,
     )
 
 
@@ -110,7 +112,9 @@ class TrainingData:
     def feature_datasets(self):
         """(batches for an epoch, early-stopping features (images, regions, channels)) for a
         frozen encoder's cached features: ``batches(epoch, skip_batches)`` gives (train, early
-        stopping) batches, the training ones in that epoch's order (pipeline.epoch_seed)."""
+        stopping) batches, the training ones in that epoch's order (pipeline.epoch_seed).
+        With images.augment (the mirror only: validate.check_augmentation), the features of the
+        mirrored training images are cached too and each epoch draws one of the two per image."""
         config = self.config
         encode = feature_encoder(config)
         features, tokens = {}, {}
@@ -119,13 +123,18 @@ class TrainingData:
                                               self.worker)  # (images, regions, channels)
             tokens[label] = caption_array(examples, self.vocabulary, config.data.captions_per_image,
                                           config.decoder.max_length)
+        mirror = None
+        if config.images.augment:
+            mirror = Mirror(cached_features(config, [example.image_path for example in self.train_examples],
+                                            "train, mirrored", encode, self.worker, mirrored=True),
+                            mirrored_token_ids(self.vocabulary))
         batch_size, seed = config.training.batch_size, config.training.seed
         stopping = feature_dataset(features["early stopping"], tokens["early stopping"], batch_size, shuffle=False,
                                    seed=seed)
 
         def batches(epoch: int, skip_batches: int = 0):
             return feature_dataset(features["train"], tokens["train"], batch_size, shuffle=True, seed=seed,
-                                   epoch=epoch, skip_batches=skip_batches), stopping
+                                   epoch=epoch, skip_batches=skip_batches, mirror=mirror), stopping
 
         return batches, features["early stopping"]
 
