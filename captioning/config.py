@@ -369,6 +369,11 @@ class SelfCriticalConfig:
     # on Flickr8k and BLEU's brevity penalty grew
     # (docs/results.md#flickr8k-self-critical-epoch-after-the-decay-runs).
     reward_end: bool = True
+    # Sample each training image mirrored left-right with probability 1/2 (drawn anew each
+    # epoch): its features from the feature cache's mirrored entry (made once, as
+    # images.augment makes it for phase 1), its references with "left" and "right" swapped.
+    # Off by default: runs without it stay comparable with earlier ones.
+    mirror: bool = False
 
 
 @dataclasses.dataclass

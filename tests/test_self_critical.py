@@ -21,11 +21,13 @@ from captioning.training.self_critical import (
     HISTORY_FILE,
     SelfCriticalTrainer,
     advantages,
+    epoch_batches,
     padded_after_end,
     policy_gradient_loss,
     reference_text,
     sampling_logits,
 )
+from captioning.training.augment import mirrored_words
 from captioning.training.validation import ValidationBleu
 from captioning.validate import check_self_critical
 
@@ -263,3 +265,48 @@ def test_a_bfloat16_run_trains_its_self_critical_phase(tmp_path):
     reward, bleu, cider = (float(value) for value in history[1].split(",")[1:4])
     assert all(np.isfinite([reward, bleu, cider])) and reward >= 0
     assert 'mixed_precision_dtype = "bfloat16"' in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_epoch_batches_mirror_about_half_the_images_with_their_references_and_repeat_per_epoch():
+    images = 40
+    features = (np.arange(images, dtype=np.float16) + 1)[:, None, None] * np.ones((images, 2, 3), np.float16)
+    references = [[f"a dog {index} left of a cat"] for index in range(images)]
+    mirrored_references = [[mirrored_words(reference) for reference in image] for image in references]
+    assert mirrored_references[3] == ["a dog 3 right of a cat"]
+
+    def epoch(number, mirror):
+        return [(indices, batch, refs) for indices, batch, refs in
+                epoch_batches(features, references, seed=5, epoch=number, batch_size=8, mirror=mirror)]
+
+    plain = epoch(0, None)
+    order = np.random.default_rng(5).permutation(images)  # the order before mirroring existed
+    for (indices, batch, refs), start in zip(plain, range(0, images, 8)):
+        np.testing.assert_array_equal(indices, np.sort(order[start:start + 8]))
+        np.testing.assert_array_equal(batch, features[indices].astype(np.float32))
+        assert refs == [references[index] for index in indices]
+    mirror = (-features, mirrored_references)
+    flipped = {}
+    for indices, batch, refs in epoch(0, mirror):
+        for index, row, image_references in zip(indices, batch, refs):
+            flipped[int(index)] = bool(row[0, 0] < 0)
+            np.testing.assert_array_equal(np.abs(row), features[index])
+            assert image_references == (mirrored_references if row[0, 0] < 0 else references)[index]
+    assert sorted(flipped) == list(range(images)) and 8 < sum(flipped.values()) < 32
+    again = {int(index): bool(row[0, 0] < 0) for indices, batch, _ in epoch(0, mirror) for index, row in zip(indices, batch)}
+    later = {int(index): bool(row[0, 0] < 0) for indices, batch, _ in epoch(1, mirror) for index, row in zip(indices, batch)}
+    assert again == flipped and later != flipped  # a resumed epoch mirrors the same images; the next, others
+
+
+@pytest.mark.slow
+def test_a_self_critical_phase_on_mirrored_images_reads_their_cached_features(tmp_path):
+    from captioning.training.loop import train
+
+    features = tmp_path / "features"
+    config = tiny_config(tmp_path, "encoder.name=mobilenet", "encoder.alpha=0.25", "encoder.weights=none",
+                         "decoder.name=attention", "training.epochs=1", "self_critical.epochs=1",
+                         "self_critical.samples=2", "self_critical.mirror=true", f"images.feature_cache_dir={features}",
+                         "training.validation_bleu_images=8")
+    metrics = train(config, tmp_path / "run", verbose=0)
+    manifests = [json.loads(path.read_text()) for path in features.glob("*/manifest.json")]
+    assert sum(bool(manifest.get("mirrored")) for manifest in manifests) == 1  # phase 1 did not mirror; this did
+    assert metrics["self_critical"]["epochs"] == 1

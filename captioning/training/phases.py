@@ -138,8 +138,9 @@ def self_critical_phase(data: TrainingData, phase_model, run_dir: Path, verbose)
     config = data.config
     encode = feature_encoder(config)
 
-    def features_for(examples, label):
-        return cached_features(config, [example.image_path for example in examples], label, encode, data.worker)
+    def features_for(examples, label, mirrored=False):
+        return cached_features(config, [example.image_path for example in examples], label, encode, data.worker,
+                               mirrored=mirrored)
 
     def validation_callback():
         if config.training.validation_bleu_images <= 0:

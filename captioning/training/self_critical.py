@@ -21,6 +21,10 @@ With ``self_critical.reward_end`` (default) a sample is scored with its end toke
 and every reference ends in one, as in the reference implementations: a caption that stops
 mid-phrase misses the n-grams that end the references.
 
+With ``self_critical.mirror`` each epoch samples about half the images mirrored left-right:
+their features from the feature cache's mirrored entry, their references with "left" and
+"right" swapped (epoch_batches), as images.augment does for phase 1.
+
 The phase runs on the frozen encoder's cached features only (no fine-tuning phase before
 it), for a fixed number of epochs at ``self_critical.learning_rate``. The
 cross-entropy loss that early stopping watches is not what this phase lowers, so the phase
@@ -44,13 +48,14 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from captioning.data.pipeline import trimmed_to_longest
+from captioning.data.pipeline import MIRROR_STREAM, trimmed_to_longest
 from captioning.data.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
 from captioning.evaluation.cider import CiderD
 from captioning.files import atomic_path, write_csv_rows, write_json
 from captioning.models.caption_model import build_feature_model, compile_model
 from captioning.models.search import forbid_special_tokens, generate_token_ids
 from captioning.runs import CHECKPOINT_DIR, RunError
+from captioning.training.augment import mirrored_words
 from captioning.training.validation import CIDER_LOG_NAME
 
 SELF_CRITICAL_DIR = "self_critical"  # inside checkpoint/
@@ -66,6 +71,28 @@ def reference_text(caption: str, reward_end: bool) -> str:
     """A reference caption as the reward reads it: spaced words, then END_WORD with reward_end."""
     words = spaced_words(caption)
     return f"{words} {END_WORD}" if reward_end else words
+
+
+def epoch_batches(features: np.ndarray, references: list[list[str]], seed: int, epoch: int, batch_size: int,
+                  mirror: tuple[np.ndarray, list[list[str]]] | None = None):
+    """One self-critical epoch's batches: yields (image indices, features (batch, regions,
+    channels) float32, each image's references), the images in the epoch's random order.
+
+    mirror: (mirrored features, mirrored references) of the same images; each image is then
+    mirrored with probability 1/2, drawn from the epoch's seed (a resumed epoch mirrors the
+    same images), and takes both from there."""
+    order = np.random.default_rng(seed + epoch).permutation(len(features))
+    mirrored = np.zeros(len(features), bool)  # (images,)
+    if mirror is not None:
+        mirrored = np.random.default_rng([seed + epoch, MIRROR_STREAM]).random(len(features)) < 0.5
+    for start in range(0, len(order), batch_size):
+        indices = np.sort(order[start:start + batch_size])  # sorted: memory-mapped rows read in order
+        flipped = mirrored[indices]  # (batch,) bool
+        batch = np.empty((len(indices), *features.shape[1:]), np.float32)  # (batch, regions, channels)
+        batch[~flipped] = features[indices[~flipped]]
+        if flipped.any():
+            batch[flipped] = mirror[0][indices[flipped]]
+        yield indices, batch, [(mirror[1] if flip else references)[index] for index, flip in zip(indices, flipped)]
 
 
 def padded_after_end(token_ids: np.ndarray) -> np.ndarray:
@@ -243,9 +270,10 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     decoder, the phase's checkpoint).
 
     data: train.TrainingData; phase_model: phase 1's best model; feature_shape: (regions,
-    channels) of the cached features; features_for(examples, label): those features
-    (images, regions, channels); validation_callback(): the greedy validation BLEU-4
-    callback, or None.
+    channels) of the cached features; features_for(examples, label, mirrored=False): those
+    features (images, regions, channels), of the mirrored images with mirrored (for
+    self_critical.mirror); validation_callback(): the greedy validation BLEU-4 callback, or
+    None.
     """
     config = data.config
     training = config.training
@@ -270,6 +298,10 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     trainer = SelfCriticalTrainer(model, data.vocabulary, CiderD(references), self_critical.samples,
                                   config.decoder.max_length, seed=training.seed + epochs_done, reward_end=reward_end)
     train_features = features_for(data.train_examples, "train")  # (images, regions, channels)
+    mirror = None
+    if self_critical.mirror:
+        mirror = (features_for(data.train_examples, "train, mirrored", mirrored=True),
+                  [[mirrored_words(reference) for reference in image] for image in references])
     callback = validation_callback()
     if callback is not None:
         callback.set_model(model)
@@ -281,16 +313,15 @@ def train_self_critical(data, phase_model, feature_shape: tuple, run_dir: Path, 
     batch_size = training.batch_size
     for epoch in range(epochs_done, self_critical.epochs):
         started = time.time()
-        order = np.random.default_rng(training.seed + epoch).permutation(len(train_features))
-        progress = keras.utils.Progbar(len(order), unit_name="image", verbose=1 if verbose == "auto" else verbose)
+        progress = keras.utils.Progbar(len(train_features), unit_name="image",
+                                       verbose=1 if verbose == "auto" else verbose)
         rewards = []
-        for start in range(0, len(order), batch_size):
-            indices = np.sort(order[start:start + batch_size])  # sorted: memory-mapped rows read in order
-            reward = trainer.train_batch(np.asarray(train_features[indices], dtype=np.float32),
-                                         [references[index] for index in indices])
+        for indices, features, image_references in epoch_batches(train_features, references, training.seed, epoch,
+                                                                  batch_size, mirror):
+            reward = trainer.train_batch(features, image_references)
             rewards.append(reward * len(indices))
             progress.add(len(indices), values=[("reward", reward)])
-        logs = {"reward": float(sum(rewards) / len(order))}
+        logs = {"reward": float(sum(rewards) / len(train_features))}
         if callback is not None:
             callback.on_epoch_end(epoch, logs)
         print(f"self-critical epoch {epoch + 1}: mean sampled CIDEr-D {logs['reward']:.4f}"
