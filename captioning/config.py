@@ -128,8 +128,8 @@ class ImagesConfig:
     # Off by default: runs without it stay comparable with earlier ones. A frozen encoder's
     # features are cached once, before any change, so with one only the mirror works: the
     # features of the mirrored training images are cached beside the originals, and each
-    # epoch draws one of the two per image (training_data.py; phase 1 only, not the
-    # self-critical phase).
+    # epoch draws one of the two per image (training_data.py; phase 1 only: the
+    # self-critical phase has its own switch, self_critical.mirror).
     augment: bool = False
     # With augment: mirror each image left-right with probability 1/2; the words "left" and
     # "right" of that image's captions are swapped with it. On by default: with the swap it

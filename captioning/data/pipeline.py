@@ -147,6 +147,18 @@ class Mirror:
     token_ids: np.ndarray  # (vocabulary size,) int32: the id each token becomes in a mirrored image's captions
 
 
+def rows_with_mirrors(features: np.ndarray, mirrored_features: np.ndarray, indices: np.ndarray,
+                      flipped: np.ndarray) -> np.ndarray:
+    """(batch, regions, channels) float32: row ``indices[i]`` of ``mirrored_features`` where
+    ``flipped[i]``, else of ``features`` (each array read only where needed: they are
+    usually memory-mapped)."""
+    rows = np.empty((len(indices), *features.shape[1:]), np.float32)
+    rows[~flipped] = features[indices[~flipped]]
+    if flipped.any():
+        rows[flipped] = mirrored_features[indices[flipped]]
+    return rows
+
+
 def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool, seed: int,
                     bucket: bool = True, epoch: int = 0, skip_batches: int = 0,
                     mirror: Mirror | None = None) -> tf.data.Dataset:
@@ -187,9 +199,7 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
         if mirror is None:
             return np.asarray(features[indices], dtype=np.float32), trimmed_to_longest(tokens[indices])
         flipped = mirrored[indices]  # (batch,) bool
-        batch_features = np.empty((len(indices), *features.shape[1:]), np.float32)  # (batch, regions, channels)
-        batch_features[~flipped] = features[indices[~flipped]]
-        batch_features[flipped] = mirror.features[indices[flipped]]
+        batch_features = rows_with_mirrors(features, mirror.features, indices, flipped)  # (batch, regions, channels)
         batch_tokens = tokens[indices]  # (batch, C, length)
         batch_tokens = np.where(flipped[:, None, None], mirror.token_ids[batch_tokens], batch_tokens)
         return batch_features, trimmed_to_longest(batch_tokens.astype(np.int32))

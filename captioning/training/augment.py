@@ -43,6 +43,8 @@ from captioning.validate import check_augmentation
 
 # Words that trade places when the picture is mirrored left-right.
 MIRRORED_WORDS = (("left", "right"),)
+
+
 def mirrored_words(text: str) -> str:
     """A caption's words as they read for the mirrored image: each MIRRORED_WORDS pair swapped."""
     swaps = {word: partner for pair in MIRRORED_WORDS for word, partner in (pair, pair[::-1])}

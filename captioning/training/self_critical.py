@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from captioning.data.pipeline import MIRROR_STREAM, trimmed_to_longest
+from captioning.data.pipeline import MIRROR_STREAM, rows_with_mirrors, trimmed_to_longest
 from captioning.data.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
 from captioning.evaluation.cider import CiderD
 from captioning.files import atomic_path, write_csv_rows, write_json
@@ -85,14 +85,13 @@ def epoch_batches(features: np.ndarray, references: list[list[str]], seed: int, 
     mirrored = np.zeros(len(features), bool)  # (images,)
     if mirror is not None:
         mirrored = np.random.default_rng([seed + epoch, MIRROR_STREAM]).random(len(features)) < 0.5
+    mirrored_features, mirrored_references = mirror or (features, references)
     for start in range(0, len(order), batch_size):
         indices = np.sort(order[start:start + batch_size])  # sorted: memory-mapped rows read in order
         flipped = mirrored[indices]  # (batch,) bool
-        batch = np.empty((len(indices), *features.shape[1:]), np.float32)  # (batch, regions, channels)
-        batch[~flipped] = features[indices[~flipped]]
-        if flipped.any():
-            batch[flipped] = mirror[0][indices[flipped]]
-        yield indices, batch, [(mirror[1] if flip else references)[index] for index, flip in zip(indices, flipped)]
+        batch = rows_with_mirrors(features, mirrored_features, indices, flipped)  # (batch, regions, channels)
+        yield indices, batch, [(mirrored_references if flip else references)[index]
+                               for index, flip in zip(indices, flipped)]
 
 
 def padded_after_end(token_ids: np.ndarray) -> np.ndarray:
