@@ -134,10 +134,15 @@ def mean(cell: str) -> float:
     return float(cell.split("±")[0])
 
 
+def spread(cell: str) -> float:
+    """0.008 from "0.535 ± 0.008"."""
+    return float(cell.split("±")[1])
+
+
 def test_flickr8k_best_is_the_config_the_decoder_table_chose_on_train_tail():
     """experiments/flickr8k_best.toml trains the row the decoder table chose by its selection
     (train_tail) CIDEr-D, that row beats every cross-entropy-only row on the same score, and
-    the lambda comparison after it chose the same row."""
+    no later comparison found a config that beats it by more than the seed spread."""
     from captioning.config import load_config, to_dict
 
     with_self_critical = results_rows("flickr8k_decoders_scst3")
@@ -151,6 +156,12 @@ def test_flickr8k_best_is_the_config_the_decoder_table_chose_on_train_tail():
     best = to_dict(load_config(experiments / "flickr8k_best.toml"))
     winner = to_dict(load_config(experiments / f"{chosen[0]['experiment']}.toml"))
     assert {**best, "name": None} == {**winner, "name": None}
-    # The later lambda comparison (the winner at lambda 1 and at 0.01) kept the same config.
-    lambda_rows = results_rows("flickr8k_lambda_scst3")
-    assert [row["experiment"] for row in lambda_rows if row["chosen"] == "yes"] == [chosen[0]["experiment"]]
+    # Later comparisons against the winner, three seeds each (lambda 0.01; mirrored images):
+    # flickr8k_best moves only for a selection lead larger than the seed spread, since a
+    # smaller one is not a finding. So no row leads the winner's by more than that.
+    for name in ["flickr8k_lambda_scst3", "flickr8k_mirror"]:
+        rows = {row["experiment"]: row for row in results_rows(name)}
+        kept = rows[chosen[0]["experiment"]]["selection_cider"]
+        for experiment, row in rows.items():
+            lead = mean(row["selection_cider"]) - mean(kept)
+            assert lead <= max(spread(row["selection_cider"]), spread(kept)), (name, experiment, lead)
