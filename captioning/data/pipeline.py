@@ -135,8 +135,14 @@ def trimmed_to_longest(tokens: np.ndarray) -> np.ndarray:
     return tokens[..., :max(int((tokens != PAD_ID).sum(axis=-1).max()), 2)]
 
 
-# Which random stream of an epoch's seed draws the images that feature_dataset mirrors.
+# Which random stream of an epoch's seed draws the images that epoch mirrors (mirrored_images).
 MIRROR_STREAM = 1
+
+
+def mirrored_images(images: int, seed: int) -> np.ndarray:
+    """(images,) bool: which images an epoch whose seed is ``seed`` mirrors, each with
+    probability 1/2; the same seed draws the same images (a resumed epoch)."""
+    return np.random.default_rng([seed, MIRROR_STREAM]).random(images) < 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,9 +183,7 @@ def feature_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, s
     lengths = caption_lengths(tokens)
     dataset = tf.data.Dataset.range(len(features))
     seed = epoch_seed(seed, epoch)
-    mirrored = np.zeros(len(features), bool)  # (images,): which images this epoch mirrors
-    if mirror is not None:
-        mirrored = np.random.default_rng([seed, MIRROR_STREAM]).random(len(features)) < 0.5
+    mirrored = mirrored_images(len(features), seed) if mirror is not None else None  # (images,) bool
     if shuffle:
         dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=False)
         if bucket:

@@ -43,12 +43,13 @@ from captioning.validate import check_augmentation
 
 # Words that trade places when the picture is mirrored left-right.
 MIRRORED_WORDS = (("left", "right"),)
+# Each of those words -> the word it becomes in the mirrored image's caption, both ways.
+MIRROR_SWAPS = {word: partner for pair in MIRRORED_WORDS for word, partner in (pair, pair[::-1])}
 
 
 def mirrored_words(text: str) -> str:
     """A caption's words as they read for the mirrored image: each MIRRORED_WORDS pair swapped."""
-    swaps = {word: partner for pair in MIRRORED_WORDS for word, partner in (pair, pair[::-1])}
-    return " ".join(swaps.get(word, word) for word in text.split())
+    return " ".join(MIRROR_SWAPS.get(word, word) for word in text.split())
 
 
 def mirrored_token_ids(vocabulary: Vocabulary) -> np.ndarray:
@@ -58,10 +59,9 @@ def mirrored_token_ids(vocabulary: Vocabulary) -> np.ndarray:
     is not in the vocabulary becomes <unk>, as encoding the mirrored caption would make it.
     """
     mapping = np.arange(vocabulary.size, dtype=np.int32)
-    for first, second in MIRRORED_WORDS:
-        for word, partner in ((first, second), (second, first)):
-            if word in vocabulary.ids:
-                mapping[vocabulary.ids[word]] = vocabulary.ids.get(partner, UNKNOWN_ID)
+    for word, partner in MIRROR_SWAPS.items():
+        if word in vocabulary.ids:
+            mapping[vocabulary.ids[word]] = vocabulary.ids.get(partner, UNKNOWN_ID)
     return mapping
 
 

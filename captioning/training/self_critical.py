@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from captioning.data.pipeline import MIRROR_STREAM, rows_with_mirrors, trimmed_to_longest
+from captioning.data.pipeline import mirrored_images, rows_with_mirrors, trimmed_to_longest
 from captioning.data.vocabulary import END_ID, PAD_ID, Vocabulary, spaced_words
 from captioning.evaluation.cider import CiderD
 from captioning.files import atomic_path, write_csv_rows, write_json
@@ -82,9 +82,7 @@ def epoch_batches(features: np.ndarray, references: list[list[str]], seed: int, 
     mirrored with probability 1/2, drawn from the epoch's seed (a resumed epoch mirrors the
     same images), and takes both from there."""
     order = np.random.default_rng(seed + epoch).permutation(len(features))
-    mirrored = np.zeros(len(features), bool)  # (images,)
-    if mirror is not None:
-        mirrored = np.random.default_rng([seed + epoch, MIRROR_STREAM]).random(len(features)) < 0.5
+    mirrored = mirrored_images(len(features), seed + epoch) if mirror is not None else np.zeros(len(features), bool)
     mirrored_features, mirrored_references = mirror or (features, references)
     for start in range(0, len(order), batch_size):
         indices = np.sort(order[start:start + batch_size])  # sorted: memory-mapped rows read in order
