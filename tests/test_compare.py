@@ -81,7 +81,8 @@ def test_table_values_are_each_runs_own_metrics(compared):
     """The issue's columns (the differing config fields, BLEU-1..4, CIDEr, parameters, training
     time) and the rest, each equal to what the run's own metrics.json and config.toml say."""
     assert list(compared.table.columns) == ["experiment", "chosen", "decoder.cell", *COMPARED_VALUES[:11],
-                                            *SELECTION_VALUES, *COMPARED_VALUES[11:], "run"]
+                                            *SELECTION_VALUES, "selection_cider_vs_chosen", *COMPARED_VALUES[11:],
+                                            "run"]
     saved = pd.read_csv(compared.root / "out" / "compare.csv")
     for row, saved_row in zip(compared.table.to_dict("records"), saved.to_dict("records")):
         run_dir = Path(row["run"])
@@ -106,6 +107,32 @@ def test_the_best_row_is_chosen_on_the_early_stopping_images_not_the_reported_sp
     best = compared.table["selection_cider"].idxmax()
     assert list(compared.table["chosen"]) == ["yes" if index == best else "" for index in compared.table.index]
     assert "chosen on the early-stopping images (val)" in compared.printed
+
+
+@pytest.mark.slow
+def test_each_row_is_compared_with_the_chosen_one_image_by_image(compared, tmp_path):
+    """selection_cider_vs_chosen: the row's selection CIDEr-D minus the chosen row's (the mean of
+    the per-image differences in captions_selection_val.csv) and the paired bootstrap interval
+    around it; empty on the chosen row. Over seeds, a row's per-image scores are its seeds' mean."""
+    table = compared.table
+    for row in table.to_dict("records"):
+        captions = pd.read_csv(Path(row["run"]) / "captions_selection_val.csv")
+        assert len(captions) == 16 and captions["cider"].mean() == pytest.approx(row["selection_cider"], abs=1e-5)
+    chosen = table.index[table["chosen"] == "yes"][0]
+    other = 1 - chosen
+    assert table.loc[chosen, "selection_cider_vs_chosen"] == ""
+    cell = table.loc[other, "selection_cider_vs_chosen"]
+    mean, low, high = (float(number) for number in cell.replace("[", "").replace("]", "").replace(",", "").split())
+    lead = table.loc[other, "selection_cider"] - table.loc[chosen, "selection_cider"]
+    assert mean == pytest.approx(lead, abs=1e-3) and low <= mean <= high and mean <= 0
+    assert "selection_cider_vs_chosen" in (compared.root / "out" / "compare.md").read_text().splitlines()[0]
+    # two seeds of one experiment against the other: one row each, compared on the seeds' mean
+    runs_root = copy_of_runs(compared, tmp_path)
+    seeded, _ = quietly(compare, compared.experiments, tmp_path / "out", runs_root=runs_root, seeds=[0, 1])
+    pick = seeded.index[seeded["chosen"] == "yes"][0]
+    mean = float(seeded.loc[1 - pick, "selection_cider_vs_chosen"].split()[0])
+    lead = seeded.loc[1 - pick, "selection_cider_mean"] - seeded.loc[pick, "selection_cider_mean"]
+    assert mean == pytest.approx(lead, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -11,8 +11,10 @@ from pathlib import Path
 from captioning.captioner import Captioner
 from captioning.data.datasets import CaptionedImage, extra_metrics, load_split
 from captioning.data.splits import check_evaluation_split, training_and_stopping_examples
+from captioning.data.vocabulary import spaced_words
 from captioning.evaluation.attention_statistics import attention_statistics
 from captioning.evaluation.bleu import bleu_scores, shuffled_image_bleu_4
+from captioning.evaluation.cider import CiderD
 from captioning.evaluation.coco_metrics import coco_caption_scores
 from captioning.files import file_sha256, write_json, write_text
 from captioning.runs import METRICS_FILE, WEIGHTS_FILE, load_run_config
@@ -53,9 +55,11 @@ def evaluate_examples(captioner: Captioner, examples: list[CaptionedImage], spli
     attention: add the attention statistics (attention decoders)."""
     paths = [example.image_path for example in examples]
     hypotheses = captioner.caption_paths(paths, progress=progress)
+    per_image_cider = image_cider_scores(examples, hypotheses)
     rows = [
-        {"image": example.image_path, "caption": hypothesis, "references": " | ".join(example.captions)}
-        for example, hypothesis in zip(examples, hypotheses)
+        {"image": example.image_path, "caption": hypothesis, "references": " | ".join(example.captions),
+         "cider": round(float(cider), 6)}
+        for example, hypothesis, cider in zip(examples, hypotheses, per_image_cider)
     ]
     metrics = score_captions(examples, hypotheses, split)
     if attention:
@@ -63,6 +67,16 @@ def evaluate_examples(captioner: Captioner, examples: list[CaptionedImage], spli
     source_split = "train" if split == "train_tail" else split  # the held-out end of the train split
     metrics.update(extra_metrics(captioner.config.data, source_split, paths, hypotheses))  # e.g. shapes' word accuracies
     return metrics, rows
+
+
+def image_cider_scores(examples: list[CaptionedImage], hypotheses: list[str]):
+    """(images,) CIDEr-D of each caption, document frequencies from the scored images' own
+    references as in ``score_captions``, so their mean is its ``cider``; what the paired
+    bootstrap of ``make compare`` resamples (paired_bootstrap.py)."""
+    references = [[spaced_words(caption) for caption in example.captions] for example in examples]
+    if not references:
+        return []
+    return CiderD(references).scores([spaced_words(hypothesis) for hypothesis in hypotheses], references)
 
 
 def evaluate_run(run_dir: Path, facts: dict) -> dict:
@@ -97,27 +111,35 @@ def selection_metrics(run_dir: Path) -> dict:
     ``train_tail`` for the shared Flickr8k, held out from training), with its own generation
     settings; what ``make compare`` picks the best config on, so that the reported split
     stays unseen by every choice. Computed once into SELECTION_METRICS_FILE, with the SHA-256
-    of the model's weights: a run whose weights changed since (a resumed run given more
-    epochs) is scored again."""
+    of the model's weights, and the captions with their per-image CIDEr-D into
+    ``selection_captions_path`` (the paired bootstrap's input); a run whose weights changed
+    since (a resumed run given more epochs), or scored before the captions were kept, is
+    scored again."""
     path = Path(run_dir) / SELECTION_METRICS_FILE
     weights_sha256 = file_sha256(Path(run_dir) / WEIGHTS_FILE)
     if path.is_file():
         metrics = json.loads(path.read_text())
-        if metrics.get("weights_sha256") == weights_sha256:
+        if metrics.get("weights_sha256") == weights_sha256 and selection_captions_path(run_dir, metrics["split"]).is_file():
             return metrics
     captioner = Captioner.from_run(run_dir)
     _, stopping_examples = training_and_stopping_examples(captioner.config)
-    metrics, _ = evaluate_examples(captioner, stopping_examples, captioner.config.training.early_stopping_split,
-                                   progress=False, attention=False)
+    split = captioner.config.training.early_stopping_split
+    metrics, rows = evaluate_examples(captioner, stopping_examples, split, progress=False, attention=False)
     metrics["weights_sha256"] = weights_sha256
-    write_json(path, metrics)
+    write_results(metrics, rows, path, selection_captions_path(run_dir, split))
     return metrics
+
+
+def selection_captions_path(run_dir: Path, split: str) -> Path:
+    """Where selection_metrics keeps the captions of the selection split: never the reported
+    split's captions file, which evaluation refuses to share a split with."""
+    return Path(run_dir) / f"captions_selection_{split}.csv"
 
 
 def write_results(metrics: dict, rows: list[dict], metrics_path: Path, captions_path: Path) -> None:
     write_json(metrics_path, metrics)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["image", "caption", "references"])
+    writer = csv.DictWriter(buffer, fieldnames=["image", "caption", "references", "cider"])
     writer.writeheader()
     writer.writerows(rows)
     write_text(captions_path, buffer.getvalue())

@@ -23,6 +23,9 @@ state of this config's phase (training/reuse.py); its metrics.json names that ru
                           images (``evaluate.selection_metrics``: train_tail for the shared Flickr8k),
                           and "chosen": the row with the best of those, so the pick never looks at
                           the reported split
+                          selection_cider_vs_chosen: a row's selection CIDEr-D minus the chosen
+                          row's, image by image, with a 95 % paired bootstrap interval over the
+                          images (paired_bootstrap.py): an interval that holds 0 is no lead
     compare_metrics.png   BLEU-1..4, CIDEr and the selection split's CIDEr (selection_cider) per row,
                           bars side by side (error bars: std over seeds)
     compare_curves.png    loss and validation loss per epoch of every trained run, overlaid
@@ -45,7 +48,8 @@ from pathlib import Path
 import pandas as pd
 
 from captioning.config import ConfigError, ExperimentConfig, flatten, load_config, to_dict
-from captioning.evaluation.evaluate import evaluate_run, selection_metrics
+from captioning.evaluation.evaluate import evaluate_run, selection_captions_path, selection_metrics
+from captioning.evaluation.paired_bootstrap import format_difference, paired_difference, per_image_scores
 from captioning.files import atomic_path, write_json, write_text
 from captioning.plots.curves import plot_layer_gradient_norms, plot_learning_curves, plot_metric_bars
 from captioning.runs import (
@@ -75,6 +79,8 @@ OPTIONAL_METRICS = {"cider", "meteor", "rouge_l", "colour_accuracy", "shape_accu
 # What picks the best row (the "chosen" column): scores on each run's early-stopping images
 # (selection_metrics), never on the reported split; CIDEr-D first, BLEU-4 when it is missing.
 SELECTION_ORDER = ["selection_cider", "selection_bleu_4"]
+# Each row's selection CIDEr-D against the chosen row's, with a paired bootstrap interval.
+PAIRED_COLUMN = "selection_cider_vs_chosen"
 # evaluation_seconds (captioning and scoring the split) is where greedy and beam search differ.
 RUN_FACTS = ["trainable_parameters", "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
 # Copied with the weights into a run that reuses another's training (only [generation] differs).
@@ -124,6 +130,7 @@ def compare(experiment_paths, out_dir: str | Path, runs_root: str | Path = RUNS_
         chosen = table.loc[table["chosen"] == "yes", "experiment"].iloc[0]
         print(f"chosen on the early-stopping images ({runs[0].metrics['selection_split']}), not on the reported "
               f"split: {chosen}")
+        table = add_paired_column(table, groups)
     readable = table[[column for column in table if not column.endswith(("_mean", "_std"))]]
     write_text(out_dir / "compare.csv", table.to_csv(index=False))
     write_text(out_dir / "compare.md", markdown_table(readable))
@@ -160,6 +167,28 @@ def mark_chosen(table: pd.DataFrame, aggregate: bool) -> pd.DataFrame:
             table = table.copy()
             table.insert(1, "chosen", ["yes" if index == best else "" for index in table.index])
             return table
+    return table
+
+
+def add_paired_column(table: pd.DataFrame, groups: list[list[ComparedRun]]) -> pd.DataFrame:
+    """Adds PAIRED_COLUMN after selection_cider: each row's per-image selection CIDEr-D (mean
+    over its seeds) minus the chosen row's, averaged over the images, with the 95 % paired
+    bootstrap interval over those images (paired_bootstrap.py); empty on the chosen row. A
+    lead whose interval holds 0 is one the selection images cannot resolve. The table as it
+    was when some run has no per-image selection scores (the reason is printed)."""
+    try:
+        scored = [per_image_scores([selection_captions_path(run.run_dir, run.metrics["selection_split"])
+                                    for run in group]) for group in groups]  # per row: (images, (images,) scores)
+    except (ValueError, TypeError) as error:  # TypeError: a run without a selection split
+        print(f"no {PAIRED_COLUMN} column: {error}")
+        return table
+    chosen = list(table["chosen"]).index("yes")
+    cells = ["" if index == chosen else format_difference(*paired_difference(*scored[index], *scored[chosen]))
+             for index in range(len(groups))]
+    table = table.copy()
+    table.insert(list(table.columns).index("selection_cider") + 1, PAIRED_COLUMN, cells)
+    print(f"{PAIRED_COLUMN}: a row's selection CIDEr-D minus the chosen row's, per image and averaged, "
+          f"[95 % paired bootstrap interval over the images]; an interval that holds 0 is no lead")
     return table
 
 
