@@ -80,9 +80,9 @@ def test_table_shows_only_the_fields_that_differ(compared):
 def test_table_values_are_each_runs_own_metrics(compared):
     """The issue's columns (the differing config fields, BLEU-1..4, CIDEr, parameters, training
     time) and the rest, each equal to what the run's own metrics.json and config.toml say."""
-    assert list(compared.table.columns) == ["experiment", "chosen", "decoder.cell", *COMPARED_VALUES[:11],
-                                            *SELECTION_VALUES, "selection_cider_vs_chosen", *COMPARED_VALUES[11:],
-                                            "run"]
+    assert list(compared.table.columns) == ["experiment", "chosen", "decoder.cell", *COMPARED_VALUES[:6],
+                                            "cider_vs_chosen", *COMPARED_VALUES[6:11], *SELECTION_VALUES,
+                                            "selection_cider_vs_chosen", *COMPARED_VALUES[11:], "run"]
     saved = pd.read_csv(compared.root / "out" / "compare.csv")
     for row, saved_row in zip(compared.table.to_dict("records"), saved.to_dict("records")):
         run_dir = Path(row["run"])
@@ -113,26 +113,43 @@ def test_the_best_row_is_chosen_on_the_early_stopping_images_not_the_reported_sp
 def test_each_row_is_compared_with_the_chosen_one_image_by_image(compared, tmp_path):
     """selection_cider_vs_chosen: the row's selection CIDEr-D minus the chosen row's (the mean of
     the per-image differences in captions_selection_val.csv) and the paired bootstrap interval
-    around it; empty on the chosen row. Over seeds, a row's per-image scores are its seeds' mean."""
+    around it; empty on the chosen row. cider_vs_chosen: the same on the reported split
+    (captions_test.csv). Over seeds, a row's per-image scores are its seeds' mean."""
+    def numbers(cell: str) -> tuple[float, float, float]:  # "+0.018 [+0.006, +0.030]"
+        return tuple(float(number) for number in cell.replace("[", "").replace("]", "").replace(",", "").split())
+
     table = compared.table
-    for row in table.to_dict("records"):
-        captions = pd.read_csv(Path(row["run"]) / "captions_selection_val.csv")
-        assert len(captions) == 16 and captions["cider"].mean() == pytest.approx(row["selection_cider"], abs=1e-5)
     chosen = table.index[table["chosen"] == "yes"][0]
     other = 1 - chosen
-    assert table.loc[chosen, "selection_cider_vs_chosen"] == ""
-    cell = table.loc[other, "selection_cider_vs_chosen"]
-    mean, low, high = (float(number) for number in cell.replace("[", "").replace("]", "").replace(",", "").split())
-    lead = table.loc[other, "selection_cider"] - table.loc[chosen, "selection_cider"]
-    assert mean == pytest.approx(lead, abs=1e-3) and low <= mean <= high and mean <= 0
-    assert "selection_cider_vs_chosen" in (compared.root / "out" / "compare.md").read_text().splitlines()[0]
+    for score, column, captions_file in [("selection_cider", "selection_cider_vs_chosen", "captions_selection_val.csv"),
+                                         ("cider", "cider_vs_chosen", "captions_test.csv")]:
+        for row in table.to_dict("records"):
+            captions = pd.read_csv(Path(row["run"]) / captions_file)
+            assert len(captions) == 16 and captions["cider"].mean() == pytest.approx(row[score], abs=1e-5)
+        assert table.loc[chosen, column] == ""
+        mean, low, high = numbers(table.loc[other, column])
+        assert mean == pytest.approx(table.loc[other, score] - table.loc[chosen, score], abs=1e-3) and low <= mean <= high
+        assert column in (compared.root / "out" / "compare.md").read_text().splitlines()[0].split(" | ")
+    assert numbers(table.loc[other, "selection_cider_vs_chosen"])[0] <= 0  # the chosen row has the best
     # two seeds of one experiment against the other: one row each, compared on the seeds' mean
     runs_root = copy_of_runs(compared, tmp_path)
     seeded, _ = quietly(compare, compared.experiments, tmp_path / "out", runs_root=runs_root, seeds=[0, 1])
     pick = seeded.index[seeded["chosen"] == "yes"][0]
-    mean = float(seeded.loc[1 - pick, "selection_cider_vs_chosen"].split()[0])
+    mean = numbers(seeded.loc[1 - pick, "selection_cider_vs_chosen"])[0]
     lead = seeded.loc[1 - pick, "selection_cider_mean"] - seeded.loc[pick, "selection_cider_mean"]
     assert mean == pytest.approx(lead, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_runs_scored_before_per_image_scores_get_no_paired_column(compared, tmp_path):
+    """A run whose captions file has no per-image CIDEr-D (evaluated by older code) leaves that
+    comparison's column out, saying why, and keeps the other."""
+    runs_root = copy_of_runs(compared, tmp_path)
+    captions_path = runs_root / Path(compared.table.loc[0, "run"]).name / "captions_test.csv"
+    pd.read_csv(captions_path).drop(columns="cider").to_csv(captions_path, index=False)
+    table, printed = quietly(compare, compared.experiments, tmp_path / "out", runs_root=runs_root)
+    assert "cider_vs_chosen" not in table and "selection_cider_vs_chosen" in table
+    assert f"no cider_vs_chosen column: {captions_path}: no 'cider' column" in printed, printed
 
 
 @pytest.mark.slow

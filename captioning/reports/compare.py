@@ -25,7 +25,8 @@ state of this config's phase (training/reuse.py); its metrics.json names that ru
                           the reported split
                           selection_cider_vs_chosen: a row's selection CIDEr-D minus the chosen
                           row's, image by image, with a 95 % paired bootstrap interval over the
-                          images (paired_bootstrap.py): an interval that holds 0 is no lead
+                          images (paired_bootstrap.py): an interval that holds 0 is no lead;
+                          cider_vs_chosen: the same on the reported split, read after the choice
     compare_metrics.png   BLEU-1..4, CIDEr and the selection split's CIDEr (selection_cider) per row,
                           bars side by side (error bars: std over seeds)
     compare_curves.png    loss and validation loss per epoch of every trained run, overlaid
@@ -79,8 +80,14 @@ OPTIONAL_METRICS = {"cider", "meteor", "rouge_l", "colour_accuracy", "shape_accu
 # What picks the best row (the "chosen" column): scores on each run's early-stopping images
 # (selection_metrics), never on the reported split; CIDEr-D first, BLEU-4 when it is missing.
 SELECTION_ORDER = ["selection_cider", "selection_bleu_4"]
-# Each row's selection CIDEr-D against the chosen row's, with a paired bootstrap interval.
-PAIRED_COLUMN = "selection_cider_vs_chosen"
+# Each row's CIDEr-D against the chosen row's, image by image, with a paired bootstrap
+# interval: on the selection images (what chooses), and on the reported split (read once,
+# after the choice). Column: (the score it follows, the run's captions file with per-image CIDEr-D).
+PAIRED_COLUMNS = {
+    "selection_cider_vs_chosen": ("selection_cider",
+                                  lambda run: selection_captions_path(run.run_dir, run.metrics["selection_split"])),
+    "cider_vs_chosen": ("cider", lambda run: run.run_dir / f"captions_{run.config.training.evaluation_split}.csv"),
+}
 # evaluation_seconds (captioning and scoring the split) is where greedy and beam search differ.
 RUN_FACTS = ["trainable_parameters", "training_seconds", "evaluation_seconds", "epochs", "best_epoch"]
 # Copied with the weights into a run that reuses another's training (only [generation] differs).
@@ -130,7 +137,7 @@ def compare(experiment_paths, out_dir: str | Path, runs_root: str | Path = RUNS_
         chosen = table.loc[table["chosen"] == "yes", "experiment"].iloc[0]
         print(f"chosen on the early-stopping images ({runs[0].metrics['selection_split']}), not on the reported "
               f"split: {chosen}")
-        table = add_paired_column(table, groups)
+        table = add_paired_columns(table, groups)
     readable = table[[column for column in table if not column.endswith(("_mean", "_std"))]]
     write_text(out_dir / "compare.csv", table.to_csv(index=False))
     write_text(out_dir / "compare.md", markdown_table(readable))
@@ -170,25 +177,27 @@ def mark_chosen(table: pd.DataFrame, aggregate: bool) -> pd.DataFrame:
     return table
 
 
-def add_paired_column(table: pd.DataFrame, groups: list[list[ComparedRun]]) -> pd.DataFrame:
-    """Adds PAIRED_COLUMN after selection_cider: each row's per-image selection CIDEr-D (mean
-    over its seeds) minus the chosen row's, averaged over the images, with the 95 % paired
-    bootstrap interval over those images (paired_bootstrap.py); empty on the chosen row. A
-    lead whose interval holds 0 is one the selection images cannot resolve. The table as it
-    was when some run has no per-image selection scores (the reason is printed)."""
-    try:
-        scored = [per_image_scores([selection_captions_path(run.run_dir, run.metrics["selection_split"])
-                                    for run in group]) for group in groups]  # per row: (images, (images,) scores)
-    except (ValueError, TypeError) as error:  # TypeError: a run without a selection split
-        print(f"no {PAIRED_COLUMN} column: {error}")
-        return table
+def add_paired_columns(table: pd.DataFrame, groups: list[list[ComparedRun]]) -> pd.DataFrame:
+    """Adds each PAIRED_COLUMNS column after the score it compares: each row's per-image CIDEr-D
+    (mean over its seeds) minus the chosen row's, averaged over the images, with the 95 %
+    paired bootstrap interval over those images (paired_bootstrap.py); empty on the chosen row.
+    A lead whose interval holds 0 is one those images cannot resolve. A column is left out
+    when some run has no per-image scores for it (the reason is printed)."""
     chosen = list(table["chosen"]).index("yes")
-    cells = ["" if index == chosen else format_difference(*paired_difference(*scored[index], *scored[chosen]))
-             for index in range(len(groups))]
-    table = table.copy()
-    table.insert(list(table.columns).index("selection_cider") + 1, PAIRED_COLUMN, cells)
-    print(f"{PAIRED_COLUMN}: a row's selection CIDEr-D minus the chosen row's, per image and averaged, "
-          f"[95 % paired bootstrap interval over the images]; an interval that holds 0 is no lead")
+    for column, (score, captions_path) in PAIRED_COLUMNS.items():
+        if score not in table:
+            continue
+        try:
+            scored = [per_image_scores([captions_path(run) for run in group]) for group in groups]  # per row: (images, scores)
+        except (ValueError, TypeError) as error:  # TypeError: a run without a selection split
+            print(f"no {column} column: {error}")
+            continue
+        cells = ["" if index == chosen else format_difference(*paired_difference(*scored[index], *scored[chosen]))
+                 for index in range(len(groups))]
+        table = table.copy()
+        table.insert(list(table.columns).index(score) + 1, column, cells)
+        print(f"{column}: a row's {score} minus the chosen row's, per image and averaged, [95 % paired "
+              f"bootstrap interval over the images]; an interval that holds 0 is no difference")
     return table
 
 
