@@ -189,7 +189,7 @@ def add_paired_columns(table: pd.DataFrame, groups: list[list[ComparedRun]]) -> 
             continue
         try:
             scored = [per_image_scores([captions_path(run) for run in group]) for group in groups]  # per row: (images, scores)
-        except (ValueError, TypeError) as error:  # TypeError: a run without a selection split
+        except ValueError as error:  # a captions file missing, without per-image scores, or of other images
             print(f"no {column} column: {error}")
             continue
         cells = ["" if index == chosen else format_difference(*paired_difference(*scored[index], *scored[chosen]))
