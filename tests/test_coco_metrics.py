@@ -219,7 +219,7 @@ def examples() -> list[CaptionedImage]:
 
 def test_score_captions_adds_meteor_rouge_l_and_cider(monkeypatch):
     monkeypatch.setattr(coco_metrics, "meteor_score", lambda references, hypotheses: 0.25)  # no 10 s java start
-    metrics = score_captions(examples(), GOOD_HYPOTHESES, "test")
+    metrics, _ = score_captions(examples(), GOOD_HYPOTHESES, "test")
     assert set(metrics) == {
         "split", "images", "bleu_1", "bleu_2", "bleu_3", "bleu_4",
         "meteor", "rouge_l", "cider", "bleu_4_shuffled_images", "unavailable",
@@ -235,7 +235,7 @@ def test_score_captions_adds_meteor_rouge_l_and_cider(monkeypatch):
 
 def test_score_captions_without_java_reports_meteor_unavailable(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    metrics = score_captions(examples(), GOOD_HYPOTHESES, "test")
+    metrics, _ = score_captions(examples(), GOOD_HYPOTHESES, "test")
     assert metrics["meteor"] is None
     assert [entry["metric"] for entry in metrics["unavailable"]] == ["meteor"]
     assert "meteor                   unavailable (java is not on PATH" in format_metrics(metrics)

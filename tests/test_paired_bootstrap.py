@@ -9,7 +9,9 @@ import pytest
 from test_coco_metrics import GOOD_HYPOTHESES, REFERENCES, SHUFFLED_HYPOTHESES
 
 from captioning.data.datasets import CaptionedImage
-from captioning.evaluation.evaluate import image_cider_scores, score_captions
+from captioning.data.vocabulary import spaced_words
+from captioning.evaluation.cider import CiderD
+from captioning.evaluation.evaluate import score_captions
 from captioning.evaluation.paired_bootstrap import (
     bootstrap_interval,
     format_difference,
@@ -32,13 +34,17 @@ def write_captions(path, scores: dict[str, float], column: str = "cider"):
 
 def test_per_image_cider_averages_to_the_split_cider():
     """The per-image scores of the captions file are pycocoevalcap's CIDEr-D image by image:
-    their mean is the split's cider, and the good captions beat the same captions on the wrong
-    images on every image."""
-    good = image_cider_scores(EXAMPLES, GOOD_HYPOTHESES)
-    shuffled = image_cider_scores(EXAMPLES, SHUFFLED_HYPOTHESES)
+    their mean is the split's cider, they match the self-critical reward's own CiderD (document
+    frequencies from the same references) image by image, and the good captions beat the same
+    captions on the wrong images on every image."""
+    good_metrics, good = score_captions(EXAMPLES, GOOD_HYPOTHESES, "test")
+    shuffled_metrics, shuffled = score_captions(EXAMPLES, SHUFFLED_HYPOTHESES, "test")
     assert good.shape == (len(EXAMPLES),)
-    assert good.mean() == pytest.approx(score_captions(EXAMPLES, GOOD_HYPOTHESES, "test")["cider"], abs=1e-9)
-    assert shuffled.mean() == pytest.approx(score_captions(EXAMPLES, SHUFFLED_HYPOTHESES, "test")["cider"], abs=1e-9)
+    assert good.mean() == pytest.approx(good_metrics["cider"], abs=1e-9)
+    assert shuffled.mean() == pytest.approx(shuffled_metrics["cider"], abs=1e-9)
+    references = [[spaced_words(caption) for caption in example.captions] for example in EXAMPLES]
+    reward = CiderD(references).scores([spaced_words(caption) for caption in GOOD_HYPOTHESES], references)
+    np.testing.assert_allclose(good, reward, atol=1e-9)
     assert (good > shuffled).all()
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import shutil
 import threading
 
+import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
@@ -90,10 +91,17 @@ def coco_inputs(references: list[list[str]], hypotheses: list[str]) -> CocoInput
     return references_by_image, hypothesis_by_image
 
 
+def cider_d_scores(references: list[list[str]], hypotheses: list[str]) -> tuple[float, np.ndarray]:
+    """Corpus CIDEr-D (pycocoevalcap's ``Cider``), document frequencies from these references,
+    and (images,) each caption's own CIDEr-D, whose mean it is: what the paired bootstrap of
+    ``make compare`` resamples (paired_bootstrap.py)."""
+    score, image_scores = Cider().compute_score(*coco_inputs(references, hypotheses))
+    return float(score), np.asarray(image_scores, dtype="float64")
+
+
 def cider_d_score(references: list[list[str]], hypotheses: list[str]) -> float:
-    """Corpus CIDEr-D (pycocoevalcap's ``Cider``), document frequencies from these references."""
-    score, _ = Cider().compute_score(*coco_inputs(references, hypotheses))
-    return float(score)
+    """Corpus CIDEr-D alone (``cider_d_scores``)."""
+    return cider_d_scores(references, hypotheses)[0]
 
 
 def rouge_l_score(references: list[list[str]], hypotheses: list[str]) -> float:
@@ -167,12 +175,15 @@ def coco_caption_scores(references: list[list[str]], hypotheses: list[str]) -> d
     """CIDEr-D, METEOR, ROUGE-L and pycocoevalcap's BLEU-1..4 of one caption per image.
 
     references: one list of reference captions per image; hypotheses: one caption per image.
-    Returns ``{"cider", "meteor", "rouge_l", "coco_bleu_1".."coco_bleu_4", "unavailable"}``:
-    floats, except ``meteor`` which is None when it could not be computed; ``unavailable``
-    lists ``{"metric": name, "reason": why}`` for every such None (empty when all were computed).
+    Returns ``{"cider", "image_cider", "meteor", "rouge_l", "coco_bleu_1".."coco_bleu_4",
+    "unavailable"}``: floats, except ``image_cider`` (images,), each caption's CIDEr-D, and
+    ``meteor``, which is None when it could not be computed; ``unavailable`` lists
+    ``{"metric": name, "reason": why}`` for every such None (empty when all were computed).
     """
+    cider, image_cider = cider_d_scores(references, hypotheses)
     scores = {
-        "cider": cider_d_score(references, hypotheses),
+        "cider": cider,
+        "image_cider": image_cider,
         "meteor": None,
         "rouge_l": rouge_l_score(references, hypotheses),
         **coco_bleu_scores(references, hypotheses),

@@ -8,13 +8,13 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from captioning.captioner import Captioner
 from captioning.data.datasets import CaptionedImage, extra_metrics, load_split
 from captioning.data.splits import check_evaluation_split, training_and_stopping_examples
-from captioning.data.vocabulary import spaced_words
 from captioning.evaluation.attention_statistics import attention_statistics
 from captioning.evaluation.bleu import bleu_scores, shuffled_image_bleu_4
-from captioning.evaluation.cider import CiderD
 from captioning.evaluation.coco_metrics import coco_caption_scores
 from captioning.files import file_sha256, write_json, write_text
 from captioning.runs import METRICS_FILE, WEIGHTS_FILE, load_run_config
@@ -23,14 +23,15 @@ from captioning.validate import validate
 SELECTION_METRICS_FILE = "metrics_selection.json"  # in the run directory: selection_metrics
 
 
-def score_captions(examples: list[CaptionedImage], hypotheses: list[str], split: str) -> dict:
-    """metrics.json: BLEU-1..4 (nltk), METEOR, ROUGE-L and CIDEr-D (pycocoevalcap), BLEU-4 with shuffled images.
+def score_captions(examples: list[CaptionedImage], hypotheses: list[str], split: str) -> tuple[dict, np.ndarray]:
+    """metrics.json: BLEU-1..4 (nltk), METEOR, ROUGE-L and CIDEr-D (pycocoevalcap), BLEU-4 with
+    shuffled images; and (images,) each caption's own CIDEr-D, whose mean is ``cider``.
 
     ``meteor`` is None when Java is missing or fails; ``unavailable`` then names it and says why.
     """
     references = [list(example.captions) for example in examples]
     coco = coco_caption_scores(references, hypotheses)
-    return {
+    metrics = {
         "split": split,
         "images": len(examples),
         **bleu_scores(references, hypotheses),
@@ -40,6 +41,7 @@ def score_captions(examples: list[CaptionedImage], hypotheses: list[str], split:
         "bleu_4_shuffled_images": shuffled_image_bleu_4(references, hypotheses),
         "unavailable": coco["unavailable"],
     }
+    return metrics, coco["image_cider"]
 
 
 def evaluate_captioner(captioner: Captioner, split: str, progress: bool = True) -> tuple[dict, list[dict]]:
@@ -55,28 +57,17 @@ def evaluate_examples(captioner: Captioner, examples: list[CaptionedImage], spli
     attention: add the attention statistics (attention decoders)."""
     paths = [example.image_path for example in examples]
     hypotheses = captioner.caption_paths(paths, progress=progress)
-    per_image_cider = image_cider_scores(examples, hypotheses)
+    metrics, image_cider = score_captions(examples, hypotheses, split)
     rows = [
         {"image": example.image_path, "caption": hypothesis, "references": " | ".join(example.captions),
          "cider": round(float(cider), 6)}
-        for example, hypothesis, cider in zip(examples, hypotheses, per_image_cider)
+        for example, hypothesis, cider in zip(examples, hypotheses, image_cider)
     ]
-    metrics = score_captions(examples, hypotheses, split)
     if attention:
         metrics.update(attention_statistics(captioner, paths))
     source_split = "train" if split == "train_tail" else split  # the held-out end of the train split
     metrics.update(extra_metrics(captioner.config.data, source_split, paths, hypotheses))  # e.g. shapes' word accuracies
     return metrics, rows
-
-
-def image_cider_scores(examples: list[CaptionedImage], hypotheses: list[str]):
-    """(images,) CIDEr-D of each caption, document frequencies from the scored images' own
-    references as in ``score_captions``, so their mean is its ``cider``; what the paired
-    bootstrap of ``make compare`` resamples (paired_bootstrap.py)."""
-    references = [[spaced_words(caption) for caption in example.captions] for example in examples]
-    if not references:
-        return []
-    return CiderD(references).scores([spaced_words(hypothesis) for hypothesis in hypotheses], references)
 
 
 def evaluate_run(run_dir: Path, facts: dict) -> dict:
