@@ -690,20 +690,27 @@ def test_an_old_run_directory_config_loads_to_the_same_config(tmp_path):
     assert (saved.self_critical.epochs, saved.runtime.checkpoint_every_steps) == (1, 7)
 
 
-def test_a_model_file_config_with_the_old_training_keys_loads():
-    """models/flickr8k.keras stores its config as a plain dict with the old [training] keys;
-    PackagedCaptioner rebuilds from it through apply_values."""
+def test_the_shipped_model_file_is_flickr8k_best_in_todays_keys():
+    """models/flickr8k.keras stores its resolved config as a plain dict, which PackagedCaptioner
+    rebuilds through apply_values: today's keys (no migration warning), and the settings of
+    experiments/flickr8k_best.toml, as models/README.md says, apart from where the data and
+    the ImageNet weights were and the image cache (which an exported model never uses)."""
     model_path = REPOSITORY_ROOT / "models" / "flickr8k.keras"
     if not model_path.is_file():
         pytest.skip(f"{model_path} is missing")
     with zipfile.ZipFile(model_path) as archive:
         experiment = json.loads(archive.read("config.json"))["config"]["experiment"]
-    assert "self_critical_epochs" in experiment["training"], "the shipped model was re-exported: test the old dict below"
-    with pytest.warns(ConfigMigrationWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigMigrationWarning)
         config = apply_values(ExperimentConfig(), experiment, source="the model file's config")
-    assert config.self_critical.epochs == experiment["training"]["self_critical_epochs"]
-    assert config.runtime.mixed_precision == experiment["training"]["mixed_precision"]
-    assert config.training.epochs == experiment["training"]["epochs"]
+    assert to_dict(config) == experiment
+
+    def trained_settings(settings: dict) -> dict:
+        return {**settings, "name": None, "data": {**settings["data"], "root": None},
+                "encoder": {**settings["encoder"], "weights": None}, "images": {**settings["images"], "cache": None}}
+
+    best = to_dict(load_config(REPOSITORY_ROOT / "experiments" / "flickr8k_best.toml"))
+    assert trained_settings(experiment) == trained_settings(best)
 
 
 def test_a_dict_with_the_old_training_keys_loads_like_the_new_one():
