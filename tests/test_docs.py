@@ -149,16 +149,6 @@ def test_interval_reads_a_paired_cell():
     assert interval("-0.013 [-0.031, +0.004]") == (-0.031, 0.004)
 
 
-def test_paired_interval_is_the_row_minus_the_kept_config_whichever_is_chosen():
-    rows = {"kept": {"chosen": "yes", "selection_cider_vs_chosen": ""},
-            "other": {"chosen": "", "selection_cider_vs_chosen": "-0.013 [-0.031, +0.004]"}}
-    assert paired_interval(rows, "other", "kept") == (-0.031, 0.004)
-    rows = {"kept": {"chosen": "", "selection_cider_vs_chosen": "-0.013 [-0.031, +0.004]"},
-            "other": {"chosen": "yes", "selection_cider_vs_chosen": ""}}
-    assert paired_interval(rows, "other", "kept") == (-0.004, 0.031)
-    assert paired_interval({"kept": {"chosen": "yes"}, "other": {"chosen": ""}}, "other", "kept") is None
-
-
 def paired_interval(rows: dict[str, dict[str, str]], experiment: str, kept: str) -> tuple[float, float] | None:
     """The interval of ``experiment``'s train_tail CIDEr-D minus ``kept``'s, from the table's
     ``selection_cider_vs_chosen`` column (each row minus the chosen row); None when the table
@@ -170,6 +160,16 @@ def paired_interval(rows: dict[str, dict[str, str]], experiment: str, kept: str)
         low, high = interval(cells[kept])
         return -high, -low
     return None
+
+
+def test_paired_interval_is_the_row_minus_the_kept_config_whichever_is_chosen():
+    rows = {"kept": {"chosen": "yes", "selection_cider_vs_chosen": ""},
+            "other": {"chosen": "", "selection_cider_vs_chosen": "-0.013 [-0.031, +0.004]"}}
+    assert paired_interval(rows, "other", "kept") == (-0.031, 0.004)
+    rows = {"kept": {"chosen": "", "selection_cider_vs_chosen": "-0.013 [-0.031, +0.004]"},
+            "other": {"chosen": "yes", "selection_cider_vs_chosen": ""}}
+    assert paired_interval(rows, "other", "kept") == (-0.004, 0.031)
+    assert paired_interval({"kept": {"chosen": "yes"}, "other": {"chosen": ""}}, "other", "kept") is None
 
 
 # The comparisons after the decoder table that could move flickr8k_best, in the order they
