@@ -444,3 +444,22 @@ def test_the_self_critical_comparisons_differ_from_their_rows_in_what_they_say()
     assert differences(scst3_lambda, lambda_only) == {"self_critical.epochs": (3, 0)}
     assert differences(grid14_scst3, scst3_lambda) == {"images.x_size": (448, 224), "images.y_size": (448, 224),
                                                        "images.cache": (False, True)}
+
+
+def test_the_transformer_sweep_files_each_change_one_field_of_the_decoder_tables_transformer():
+    """experiments/flickr8k_transformer_sweep/: lr_5e-4 is the decoder table's Transformer
+    without its self-critical epochs; each other file changes one field of it."""
+    from captioning.config import flatten, load_config, to_dict
+
+    experiments = Path(__file__).parents[1] / "experiments"
+
+    def settings(name: str) -> dict:
+        return flatten(to_dict(load_config(experiments / f"{name}.toml")))
+
+    def differences(first: dict, second: dict) -> dict:  # dotted field -> (first's value, second's)
+        return {key: (value, second[key]) for key, value in first.items() if key != "name" and value != second[key]}
+
+    base = settings("flickr8k_transformer_sweep/lr_5e-4")
+    assert differences(base, settings("flickr8k_transformer_scst3")) == {"self_critical.epochs": (0, 3)}
+    assert differences(settings("flickr8k_transformer_sweep/lr_1e-3"), base) == {"training.learning_rate": (1e-3, 5e-4)}
+    assert differences(settings("flickr8k_transformer_sweep/dropout_0_1"), base) == {"decoder.dropout": (0.1, 0.3)}
