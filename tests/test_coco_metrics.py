@@ -18,7 +18,7 @@ from captioning.evaluation import coco_metrics
 from captioning.evaluation.bleu import bleu_scores
 from captioning.evaluation.coco_metrics import (
     MetricUnavailable,
-    cider_d_score,
+    cider_d_scores,
     coco_bleu_scores,
     coco_caption_scores,
     meteor_score,
@@ -105,17 +105,17 @@ def test_bleu_differs_for_a_hypothesis_shorter_than_n_words():
 
 def test_perfect_captions_score_rouge_l_one_and_a_high_cider():
     assert rouge_l_score(REFERENCES, PERFECT_HYPOTHESES) == pytest.approx(1.0, abs=1e-12)
-    assert cider_d_score(REFERENCES, PERFECT_HYPOTHESES) > 3.0  # measured 3.93; CIDEr-D is x10, not bounded by 1
+    assert cider_d_scores(REFERENCES, PERFECT_HYPOTHESES)[0] > 3.0  # measured 3.93; CIDEr-D is x10, not bounded by 1
 
 
 def test_unrelated_captions_score_zero():
-    assert cider_d_score(REFERENCES, UNRELATED_HYPOTHESES) == 0.0
+    assert cider_d_scores(REFERENCES, UNRELATED_HYPOTHESES)[0] == 0.0
     assert rouge_l_score(REFERENCES, UNRELATED_HYPOTHESES) == 0.0
 
 
 def test_cider_ranks_better_caption_sets_higher():
     ranked = [PERFECT_HYPOTHESES, GOOD_HYPOTHESES, HEAD_HYPOTHESES, SHUFFLED_HYPOTHESES, UNRELATED_HYPOTHESES]
-    scores = [cider_d_score(REFERENCES, hypotheses) for hypotheses in ranked]
+    scores = [cider_d_scores(REFERENCES, hypotheses)[0] for hypotheses in ranked]
     assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores), scores
     assert scores[3] < 0.1  # captions of other images: near 0 (measured 0.038)
 
@@ -130,7 +130,7 @@ def test_rouge_l_by_hand():
 
 def test_cider_of_a_single_image_is_zero_because_its_document_frequencies_come_from_the_scored_set():
     # idf = log(images) - log(document frequency) = log(1) - log(1) = 0 for every n-gram.
-    assert cider_d_score([["a dog runs on the grass"]], ["a dog runs on the grass"]) == 0.0
+    assert cider_d_scores([["a dog runs on the grass"]], ["a dog runs on the grass"])[0] == 0.0
 
 
 def test_mismatched_or_empty_input_raises_value_error():
@@ -226,7 +226,7 @@ def test_score_captions_adds_meteor_rouge_l_and_cider(monkeypatch):
     }
     assert metrics["meteor"] == 0.25 and metrics["unavailable"] == []
     assert metrics["rouge_l"] == pytest.approx(rouge_l_score(REFERENCES, GOOD_HYPOTHESES), abs=1e-12)
-    assert metrics["cider"] == pytest.approx(cider_d_score(REFERENCES, GOOD_HYPOTHESES), abs=1e-12)
+    assert metrics["cider"] == pytest.approx(cider_d_scores(REFERENCES, GOOD_HYPOTHESES)[0], abs=1e-12)
     assert metrics["bleu_4"] == pytest.approx(bleu_scores(REFERENCES, GOOD_HYPOTHESES)["bleu_4"], abs=1e-12)
     printed = format_metrics(metrics)
     assert "meteor                   0.2500" in printed

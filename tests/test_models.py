@@ -449,16 +449,15 @@ def test_the_self_critical_comparisons_differ_from_their_rows_in_what_they_say()
 def test_the_transformer_sweep_changes_one_field_of_the_decoder_tables_transformer():
     """experiments/flickr8k_transformer_sweep/: lr_5e-4 is the decoder table's Transformer
     without its self-critical epochs; lr_1e-3 changes its learning rate alone."""
-    from captioning.config import flatten, load_config, to_dict
+    from captioning.config import load_config
+    from captioning.runs import config_differences
 
     experiments = Path(__file__).parents[1] / "experiments"
 
-    def settings(name: str) -> dict:
-        return flatten(to_dict(load_config(experiments / f"{name}.toml")))
+    def differences(first: str, second: str) -> list[str]:  # every field but the name, first -> second
+        changes = config_differences(load_config(experiments / f"{first}.toml"), load_config(experiments / f"{second}.toml"))
+        return [change for change in changes if not change.startswith("name:")]
 
-    def differences(first: dict, second: dict) -> dict:  # dotted field -> (first's value, second's)
-        return {key: (value, second[key]) for key, value in first.items() if key != "name" and value != second[key]}
-
-    base = settings("flickr8k_transformer_sweep/lr_5e-4")
-    assert differences(base, settings("flickr8k_transformer_scst3")) == {"self_critical.epochs": (0, 3)}
-    assert differences(settings("flickr8k_transformer_sweep/lr_1e-3"), base) == {"training.learning_rate": (1e-3, 5e-4)}
+    assert differences("flickr8k_transformer_sweep/lr_5e-4", "flickr8k_transformer_scst3") == ["self_critical.epochs: 0 -> 3"]
+    assert differences("flickr8k_transformer_sweep/lr_1e-3", "flickr8k_transformer_sweep/lr_5e-4") == [
+        "training.learning_rate: 0.001 -> 0.0005"]

@@ -99,11 +99,6 @@ def cider_d_scores(references: list[list[str]], hypotheses: list[str]) -> tuple[
     return float(score), np.asarray(image_scores, dtype="float64")
 
 
-def cider_d_score(references: list[list[str]], hypotheses: list[str]) -> float:
-    """Corpus CIDEr-D alone (``cider_d_scores``)."""
-    return cider_d_scores(references, hypotheses)[0]
-
-
 def rouge_l_score(references: list[list[str]], hypotheses: list[str]) -> float:
     """ROUGE-L F-measure (beta 1.2) averaged over images, in [0, 1]."""
     score, _ = Rouge().compute_score(*coco_inputs(references, hypotheses))
