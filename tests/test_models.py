@@ -419,45 +419,44 @@ def test_the_grid14_experiment_gives_mobilenet_a_14_by_14_region_grid_and_its_ba
     assert grids == {"flickr8k_attention_lambda/lambda_0_01": (7, 7), "flickr8k_attention_grid14": (14, 14)}
 
 
+def experiment_differences(first: str, second: str) -> list[str]:
+    """Every field but the name in which experiments/<first>.toml differs from <second>.toml,
+    as runs.config_differences writes them ("decoder.units: 512 -> 256")."""
+    from captioning.config import load_config
+    from captioning.runs import config_differences
+
+    experiments = Path(__file__).parents[1] / "experiments"
+    changes = config_differences(load_config(experiments / f"{first}.toml"), load_config(experiments / f"{second}.toml"))
+    return [change for change in changes if not change.startswith("name:")]
+
+
 def test_the_self_critical_comparisons_differ_from_their_rows_in_what_they_say():
     """flickr8k_attention_grid14_scst3.toml is the grid14 run with three self-critical epochs
     (so make compare starts it from that run's phase 1) and the 7 x 7 recipe with the larger
     images and lambda = 0.01; flickr8k_attention_scst3_lambda0_01.toml is the recipe at
     lambda = 0.01 and the sweep's lambda = 0.01 run with the three epochs. So the grids
-    compare at one lambda, and the lambdas at one grid."""
-    from captioning.config import flatten, load_config, to_dict
-
-    experiments = Path(__file__).parents[1] / "experiments"
-    grid14_scst3, grid14, scst3, scst3_lambda, lambda_only = (
-        flatten(to_dict(load_config(experiments / f"{name}.toml"))) for name in (
-            "flickr8k_attention_grid14_scst3", "flickr8k_attention_grid14", "flickr8k_attention_scst3",
-            "flickr8k_attention_scst3_lambda0_01", "flickr8k_attention_lambda/lambda_0_01"))
-
-    def differences(first: dict, second: dict) -> dict:  # dotted field -> (first's value, second's)
-        return {key: (value, second[key]) for key, value in first.items() if key != "name" and value != second[key]}
-
-    assert differences(grid14_scst3, grid14) == {"self_critical.epochs": (3, 0)}
-    assert differences(grid14_scst3, scst3) == {"images.x_size": (448, 224), "images.y_size": (448, 224),
-                                                "images.cache": (False, True),
-                                                "decoder.attention_regularization": (0.01, 1.0)}
-    assert differences(scst3_lambda, scst3) == {"decoder.attention_regularization": (0.01, 1.0)}
-    assert differences(scst3_lambda, lambda_only) == {"self_critical.epochs": (3, 0)}
-    assert differences(grid14_scst3, scst3_lambda) == {"images.x_size": (448, 224), "images.y_size": (448, 224),
-                                                       "images.cache": (False, True)}
+    compare at one lambda, and the lambdas at one grid. The mirror at lambda = 0.01 differs
+    from the mirror in lambda alone, and from the recipe at lambda = 0.01 in the mirror alone."""
+    assert experiment_differences("flickr8k_attention_grid14_scst3", "flickr8k_attention_grid14") == [
+        "self_critical.epochs: 3 -> 0"]
+    assert experiment_differences("flickr8k_attention_grid14_scst3", "flickr8k_attention_scst3") == [
+        "images.x_size: 448 -> 224", "images.y_size: 448 -> 224", "images.cache: False -> True",
+        "decoder.attention_regularization: 0.01 -> 1.0"]
+    assert experiment_differences("flickr8k_attention_scst3_lambda0_01", "flickr8k_attention_scst3") == [
+        "decoder.attention_regularization: 0.01 -> 1.0"]
+    assert experiment_differences("flickr8k_attention_scst3_lambda0_01", "flickr8k_attention_lambda/lambda_0_01") == [
+        "self_critical.epochs: 3 -> 0"]
+    assert experiment_differences("flickr8k_attention_grid14_scst3", "flickr8k_attention_scst3_lambda0_01") == [
+        "images.x_size: 448 -> 224", "images.y_size: 448 -> 224", "images.cache: False -> True"]
+    assert experiment_differences("flickr8k_attention_scst3_mirror_lambda0_01", "flickr8k_attention_scst3_mirror") == [
+        "decoder.attention_regularization: 0.01 -> 1.0"]
+    assert experiment_differences("flickr8k_attention_scst3_mirror_lambda0_01", "flickr8k_attention_scst3_lambda0_01") == [
+        "images.augment: True -> False"]
 
 
 def test_the_transformer_sweep_changes_one_field_of_the_decoder_tables_transformer():
     """experiments/flickr8k_transformer_sweep/: lr_5e-4 is the decoder table's Transformer
     without its self-critical epochs; lr_1e-3 changes its learning rate alone."""
-    from captioning.config import load_config
-    from captioning.runs import config_differences
-
-    experiments = Path(__file__).parents[1] / "experiments"
-
-    def differences(first: str, second: str) -> list[str]:  # every field but the name, first -> second
-        changes = config_differences(load_config(experiments / f"{first}.toml"), load_config(experiments / f"{second}.toml"))
-        return [change for change in changes if not change.startswith("name:")]
-
-    assert differences("flickr8k_transformer_sweep/lr_5e-4", "flickr8k_transformer_scst3") == ["self_critical.epochs: 0 -> 3"]
-    assert differences("flickr8k_transformer_sweep/lr_1e-3", "flickr8k_transformer_sweep/lr_5e-4") == [
+    assert experiment_differences("flickr8k_transformer_sweep/lr_5e-4", "flickr8k_transformer_scst3") == ["self_critical.epochs: 0 -> 3"]
+    assert experiment_differences("flickr8k_transformer_sweep/lr_1e-3", "flickr8k_transformer_sweep/lr_5e-4") == [
         "training.learning_rate: 0.001 -> 0.0005"]
