@@ -239,6 +239,10 @@ class DecoderConfig:
     # goes to the output layer only. Lu et al. measured "output" above "input" on COCO and
     # Flickr30k; here it keeps the time loop as small as the rnn decoder's (the attention
     # runs over every step at once), so a step costs less (docs/guide/speed-and-scale.md).
+    # "between": "output" with a second (language) cell that reads [context, hidden] at every
+    # step before the output layer, as in Anderson et al.'s (2018) two-layer decoder without
+    # its top-down feedback: a recurrent layer sees what was looked at before. One more cell
+    # loop, and the attention at every step, padding included.
     attention_placement: str = "input"
     # "transformer" only: Transformer blocks (keras-hub TransformerDecoder, each causal
     # self-attention, cross-attention to the regions and a feed-forward layer units wide) and

@@ -29,9 +29,10 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 PLACEMENT = {"value": "input"}  # make_decoder's decoder.attention_placement, set by the placement fixture
 
 
-@pytest.fixture(params=["input", "output"])
+@pytest.fixture(params=["input", "output", "between"])
 def placement(request, monkeypatch):
-    """A test that uses it runs for both attention placements (AttentionDecoder, OutputAttentionDecoder)."""
+    """A test that uses it runs for every attention placement (AttentionDecoder, OutputAttentionDecoder,
+    BetweenAttentionDecoder)."""
     monkeypatch.setitem(PLACEMENT, "value", request.param)
     return request.param
 

@@ -498,7 +498,7 @@ INVALID_VALUES = [
     ("decoder.name=transformers", r"unknown decoder 'transformers' \(decoder.name\); valid: rnn, attention, transformer"),
     ("decoder.cell=gur", r"unknown decoder cell 'gur' \(decoder.cell\); valid: lstm, gru"),
     ("decoder.image_pooling=max", r"unknown image_pooling 'max' \(decoder.image_pooling\); valid: mean, flatten"),
-    ("decoder.attention_placement=middle", r"'middle' \(decoder.attention_placement\); valid: input, output"),
+    ("decoder.attention_placement=middle", r"'middle' \(decoder.attention_placement\); valid: input, output, between"),
     ("decoder.attention_penalty_scale=per_word", r"'per_word' \(decoder.attention_penalty_scale\); valid: per_token"),
     ("decoder.output_layer=tall", r"unknown output_layer 'tall' \(decoder.output_layer\); valid: deep, wide"),
     ("decoder.dropout=1.0", r"decoder.dropout=1.0 must be at least 0 \(off\) and below 1"),

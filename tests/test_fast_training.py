@@ -30,7 +30,8 @@ def padded_captions(images, captions=3, length=9, seed=0):
 
 
 DECODER_SETTINGS = {"rnn": ["decoder.name=rnn"], "attention": ["decoder.name=attention"],
-                    "attention_output": ["decoder.name=attention", "decoder.attention_placement=output"]}
+                    "attention_output": ["decoder.name=attention", "decoder.attention_placement=output"],
+                    "attention_between": ["decoder.name=attention", "decoder.attention_placement=between"]}
 
 
 @pytest.mark.slow

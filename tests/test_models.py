@@ -185,10 +185,12 @@ VOCAB_SIZE = 11
 # "rnn+image": the rnn decoder with the image normalized and fed beside every word;
 # "attention+image": the attention decoder with every region normalized
 # "+wide": the wide output layer instead of the deep one
-# "attention+output": attention after the cell (OutputAttentionDecoder)
+# "attention+output": attention after the cell (OutputAttentionDecoder); "attention+between":
+# attention between two cells (BetweenAttentionDecoder)
 DECODER_VARIANTS = {**{name: {} for name in DECODERS}, "rnn+image": {"image_norm": True, "image_every_step": True},
                     "attention+image": {"image_norm": True}, "rnn+wide": {"output_layer": "wide"},
                     "attention+wide": {"output_layer": "wide"}, "attention+output": {"attention_placement": "output"},
+                    "attention+between": {"attention_placement": "between"},
                     "transformer": {"transformer_heads": 2, "transformer_layers": 2}}
 
 

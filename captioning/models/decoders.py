@@ -6,7 +6,9 @@ Two decoders, chosen by ``decoder.name`` (``build_decoder`` dispatches):
   the pooled region features, projected, become that state.
 - "attention", ``AttentionDecoder`` (Show, Attend and Tell): the initial state comes from
   the mean region, and at every step soft (additive) attention over the region grid
-  picks a context vector that is fed to the cell with the word.
+  picks a context vector that is fed to the cell with the word. ``decoder.attention_placement``
+  moves the attention after the cell (``OutputAttentionDecoder``) or between two cells
+  (``BetweenAttentionDecoder``).
 
     decoder = build_decoder(config.decoder, vocab_size=vocabulary.size)
     logits = decoder((features, token_ids))       # teacher forcing: (batch, length, vocab)
@@ -525,8 +527,79 @@ class OutputAttentionDecoder(AttentionDecoder):
         return logits, {**state, "state": tuple(new_state), "context": context, "attention": attention}
 
 
+@keras.saving.register_keras_serializable(package="captioning")
+class BetweenAttentionDecoder(OutputAttentionDecoder):
+    """Attention between two recurrent layers, ``decoder.attention_placement = "between"``:
+    OutputAttentionDecoder with a language cell over its context (after the two-layer
+    decoder of Anderson et al., 2018, "Bottom-Up and Top-Down Attention", without its
+    feedback from the upper layer to the lower one, so that neither layer's time loop holds
+    the attention).
+
+    Per step t, with f_i the regions and g = relu(Dense(mean_i f_i)) once per image:
+        h_t, state = cell([embedding(word), g], state)          the attention cell
+        alpha_t = softmax_i(v^T tanh(W_f f_i + W_h h_t)); context = beta * sum_i alpha_ti f_i
+        s_t, language_state = language_cell([context, h_t], language_state)
+        logits = OutputHead([s_t, context, embedding(word)])
+    The language cell starts from zeros. In OutputAttentionDecoder the context reaches the
+    output layer alone, step by step; here a recurrent layer reads the contexts in order, so
+    what was looked at before informs the next word. Training runs the attention cell over
+    every step, the attention for every step at once, then the language cell (recurrence.py
+    takes each cell's input matmul out of its loop): two cell loops, no attention in either.
+    """
+
+    attention_placement = "between"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.language_cell = CELL_CLASSES[self.cell_name](self.units, name=f"language_{self.cell_name}_cell")
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.language_cell.build((None, input_shape[0][-1] + self.units))  # [context, h]
+
+    def image_memory(self, features, training=None) -> dict:
+        """OutputAttentionDecoder's memory, plus "language_state": the language cell's zeros."""
+        memory = super().image_memory(features, training=training)
+        return {**memory, "language_state": tuple(ops.zeros_like(tensor) for tensor in memory["state"])}
+
+    def language_gates(self, context, hidden):
+        """context (..., channels), the attention cell's hidden (..., units) -> the language
+        cell's input-side gate pre-activations (..., gate_width); the hidden state through dropout."""
+        context_kernel, hidden_kernel = kernel_blocks(self.language_cell, [context.shape[-1], hidden.shape[-1]])
+        return (input_gates(self.language_cell, context, kernel=context_kernel)
+                + input_gates(self.language_cell, hidden, kernel=hidden_kernel, bias=False))
+
+    def recur(self, memory, token_ids, training=None):
+        embedded, hidden = self.hidden_states(memory, token_ids, training=training)  # time-major (length, rows, ...)
+        context, attention = self.attend_steps(memory["features"], memory["projected_features"], time_major(hidden))
+        hidden = self.dropout(hidden, training=training)
+        gates = self.language_gates(time_major(context), hidden)  # (length, rows, gate_width)
+        language = time_major_hidden_sequence(self.language_cell, gates, memory["language_state"], self.unroll)
+        self.add_attention_penalty(attention, token_ids, training)
+        outputs = ops.concatenate([language, time_major(context), embedded], axis=-1)  # (length, rows, units + channels + embedding_dim)
+        return time_major(outputs), attention  # (rows, length, ...), (rows, length, regions)
+
+    def recur_real(self, memory, token_ids, real, training=None, captions_per_image=1):
+        """The language cell reads the context at every step, so the attention runs at every
+        step too: CaptionDecoder's recur_real (recur over every position, the real ones picked)."""
+        return CaptionDecoder.recur_real(self, memory, token_ids, real, training=training,
+                                         captions_per_image=captions_per_image)
+
+    def step(self, token_ids, state: dict):
+        """As OutputAttentionDecoder.step, the language cell after the attention."""
+        embedded = self.embedding(token_ids)  # (batch, embedding_dim)
+        hidden, new_state = recurrent_update(self.cell, self.cell_gates(embedded, state["image"]), list(state["state"]))
+        context, attention = self.attend_steps(state["features"], state["projected_features"], hidden[:, None, :])
+        context, attention = context[:, 0], attention[:, 0]  # (batch, channels), (batch, regions)
+        language, language_state = recurrent_update(self.language_cell, self.language_gates(context, hidden),
+                                                    list(state["language_state"]))  # (batch, units)
+        logits = self.output_logits(ops.concatenate([language, context, embedded], axis=-1))  # (batch, vocab_size)
+        return logits, {**state, "state": tuple(new_state), "language_state": tuple(language_state),
+                        "context": context, "attention": attention}
+
+
 # decoder.attention_placement -> the attention decoder's class
-ATTENTION_PLACEMENTS = {"input": AttentionDecoder, "output": OutputAttentionDecoder}
+ATTENTION_PLACEMENTS = {"input": AttentionDecoder, "output": OutputAttentionDecoder, "between": BetweenAttentionDecoder}
 
 
 def _build_attention_decoder(config: DecoderConfig, vocab_size: int) -> AttentionDecoder:
