@@ -438,7 +438,8 @@ def test_the_self_critical_comparisons_differ_from_their_rows_in_what_they_say()
     images and lambda = 0.01; flickr8k_attention_scst3_lambda0_01.toml is the recipe at
     lambda = 0.01 and the sweep's lambda = 0.01 run with the three epochs. So the grids
     compare at one lambda, and the lambdas at one grid. The mirror at lambda = 0.01 differs
-    from the mirror in lambda alone, and from the recipe at lambda = 0.01 in the mirror alone."""
+    from the mirror in lambda alone, and from the recipe at lambda = 0.01 in the mirror alone; the mirror with the attention between
+    two cells differs from the mirror in the placement alone."""
     assert experiment_differences("flickr8k_attention_grid14_scst3", "flickr8k_attention_grid14") == [
         "self_critical.epochs: 3 -> 0"]
     assert experiment_differences("flickr8k_attention_grid14_scst3", "flickr8k_attention_scst3") == [
@@ -454,6 +455,8 @@ def test_the_self_critical_comparisons_differ_from_their_rows_in_what_they_say()
         "decoder.attention_regularization: 0.01 -> 1.0"]
     assert experiment_differences("flickr8k_attention_scst3_mirror_lambda0_01", "flickr8k_attention_scst3_lambda0_01") == [
         "images.augment: True -> False"]
+    assert experiment_differences("flickr8k_attention_scst3_mirror_between", "flickr8k_attention_scst3_mirror") == [
+        "decoder.attention_placement: 'between' -> 'output'"]
 
 
 def test_the_transformer_sweep_changes_one_field_of_the_decoder_tables_transformer():

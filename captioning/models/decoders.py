@@ -517,14 +517,19 @@ class OutputAttentionDecoder(AttentionDecoder):
         gates = both_input_gates(self.cell, embedded, memory["image"], words_time_major=True)  # (length, rows, gate_width)
         return embedded, time_major_hidden_sequence(self.cell, gates, memory["state"], self.unroll)
 
-    def step(self, token_ids, state: dict):
-        """As AttentionDecoder.step; "attention" holds the weights the new hidden state used."""
+    def cell_and_attention_step(self, token_ids, state: dict):
+        """One token through the cell, then the attention: -> embedded (batch, embedding_dim),
+        hidden (batch, units), the cell's new state, context (batch, channels), attention (batch, regions)."""
         embedded = self.embedding(token_ids)  # (batch, embedding_dim)
         hidden, new_state = recurrent_update(self.cell, self.cell_gates(embedded, state["image"]), list(state["state"]))
         context, attention = self.attend_steps(state["features"], state["projected_features"], hidden[:, None, :])
-        context, attention = context[:, 0], attention[:, 0]  # (batch, channels), (batch, regions)
+        return embedded, hidden, tuple(new_state), context[:, 0], attention[:, 0]
+
+    def step(self, token_ids, state: dict):
+        """As AttentionDecoder.step; "attention" holds the weights the new hidden state used."""
+        embedded, hidden, new_state, context, attention = self.cell_and_attention_step(token_ids, state)
         logits = self.output_logits(ops.concatenate([hidden, context, embedded], axis=-1))  # (batch, vocab_size)
-        return logits, {**state, "state": tuple(new_state), "context": context, "attention": attention}
+        return logits, {**state, "state": new_state, "context": context, "attention": attention}
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -564,7 +569,8 @@ class BetweenAttentionDecoder(OutputAttentionDecoder):
 
     def language_gates(self, context, hidden):
         """context (..., channels), the attention cell's hidden (..., units) -> the language
-        cell's input-side gate pre-activations (..., gate_width); the hidden state through dropout."""
+        cell's input-side gate pre-activations (..., gate_width). Training passes the hidden
+        state through dropout first (recur); generation does not."""
         context_kernel, hidden_kernel = kernel_blocks(self.language_cell, [context.shape[-1], hidden.shape[-1]])
         return (input_gates(self.language_cell, context, kernel=context_kernel)
                 + input_gates(self.language_cell, hidden, kernel=hidden_kernel, bias=False))
@@ -587,14 +593,11 @@ class BetweenAttentionDecoder(OutputAttentionDecoder):
 
     def step(self, token_ids, state: dict):
         """As OutputAttentionDecoder.step, the language cell after the attention."""
-        embedded = self.embedding(token_ids)  # (batch, embedding_dim)
-        hidden, new_state = recurrent_update(self.cell, self.cell_gates(embedded, state["image"]), list(state["state"]))
-        context, attention = self.attend_steps(state["features"], state["projected_features"], hidden[:, None, :])
-        context, attention = context[:, 0], attention[:, 0]  # (batch, channels), (batch, regions)
+        embedded, hidden, new_state, context, attention = self.cell_and_attention_step(token_ids, state)
         language, language_state = recurrent_update(self.language_cell, self.language_gates(context, hidden),
                                                     list(state["language_state"]))  # (batch, units)
         logits = self.output_logits(ops.concatenate([language, context, embedded], axis=-1))  # (batch, vocab_size)
-        return logits, {**state, "state": tuple(new_state), "language_state": tuple(language_state),
+        return logits, {**state, "state": new_state, "language_state": tuple(language_state),
                         "context": context, "attention": attention}
 
 
